@@ -1,0 +1,88 @@
+# scanml — run `make help` for the list of targets.
+# Every target installs what it needs first, so `make demo` and `make test`
+# work on a fresh machine that has only Python 3.11.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+SCANML := $(VENV)/bin/scanml
+STAMP := $(VENV)/.installed
+
+export NO_ALBUMENTATIONS_UPDATE := 1
+export MPLBACKEND := Agg
+
+DATA_DIR ?= data/raw/synth
+N_SCANS ?= 300
+SEED ?= 0
+CONFIG ?= configs/default.yaml
+MODEL ?= models:/scanml-anomaly@champion
+UI_PORT ?= 5000
+
+.PHONY: help install data demo train score evaluate test test-fast lint format ui bench clean
+
+## Show this help
+help:
+	@awk 'BEGIN {FS = ":.*"} /^## / {doc = substr($$0, 4); next} /^[a-zA-Z_-]+:/ && doc {printf "  \033[36m%-12s\033[0m %s\n", $$1, doc; doc = ""} {if ($$0 !~ /^## /) doc = ""}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## Create .venv and install scanml (editable) with its dev extras
+install: $(STAMP)
+
+## Generate the simulated dataset (N_SCANS scans, seed SEED) into DATA_DIR
+data: $(STAMP)
+	$(SCANML) synth --out $(DATA_DIR) --n-scans $(N_SCANS) --seed $(SEED) --sites antwerp,rotterdam --skip-existing
+
+## Run the main job end to end on a fresh machine: data, training, evaluation, scoring
+demo: $(STAMP)
+	$(SCANML) demo --workdir .
+
+## Train the CONFIG preset on DATA_DIR, tracked in MLflow
+train: data
+	$(SCANML) train --config $(CONFIG) --data $(DATA_DIR)
+
+## Evaluate MODEL on DATA_DIR's test split and log the report to MLflow
+evaluate: $(STAMP)
+	$(SCANML) evaluate --model $(MODEL) --data $(DATA_DIR)
+
+## Score the scans in INPUT with MODEL into data/processed/scores.parquet
+score: $(STAMP)
+	$(SCANML) score --model $(MODEL) --input $(INPUT) --out data/processed/scores.parquet --overlays data/processed/overlays --tdr data/processed/tdr
+
+## Run the whole test suite (installs first)
+test: $(STAMP)
+	$(PY) -m pytest
+
+## Run the tests not marked slow
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+## Lint with ruff
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+## Format with ruff
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests
+
+## Serve the MLflow UI on http://127.0.0.1:$(UI_PORT)
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port $(UI_PORT)
+
+## Run the benchmarks; results go to reports/ and MLflow
+bench: $(STAMP)
+	$(SCANML) bench --out reports
+
+## Remove generated data, runs and caches (keeps .venv)
+clean:
+	rm -rf data/raw data/processed mlruns mlflow.db .pytest_cache .ruff_cache outputs
