@@ -1,0 +1,260 @@
+"""Validated training configuration: YAML presets in ``configs/`` plus overrides.
+
+One :class:`Config` object is the single source of truth for a run. It is
+loaded from YAML, overridden with ``--set section.key=value``, validated by
+pydantic (an unknown key or a bad value is an error naming it), saved next to
+the run's checkpoints and logged to MLflow, so every result can be reproduced
+from its run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from scanml.physics import ATTENUATION_SCALE
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_overrides"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class ModelConfig(_Section):
+    """The network and the physical view of a scan it is trained for."""
+
+    architecture: str = "resnet18"
+    weights: str | None = Field(
+        default=None,
+        description="None, a torchvision weights name (from the local torch cache), "
+        "a local weights file, a model folder, or an MLflow model URI to fine-tune.",
+    )
+    channels: list[Literal["high", "low"]] = ["high"]
+    spacing_mm: float = Field(default=8.0, gt=0.5, le=50.0)
+    attenuation_scale: float = Field(default=ATTENUATION_SCALE, gt=0.0)
+    output_stride: Literal[16, 32] = 32
+    categories: list[str] = ["drugs", "weapon", "cigarettes", "other"]
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, name: str) -> str:
+        from scanml.models import SUPPORTED_ARCHITECTURES
+
+        if name not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(f"unknown architecture {name!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}")
+        return name
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct_channels(cls, channels: list[str]) -> list[str]:
+        if not channels or len(set(channels)) != len(channels):
+            raise ValueError(f"channels must be a non-empty list of distinct names, got {channels}")
+        return channels
+
+
+class DataConfig(_Section):
+    """Splits, tiles and the loader."""
+
+    val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    tile_size: int = Field(default=128, ge=32, le=1024)
+    tiles_per_scan: int = Field(default=16, ge=1)
+    positive_fraction: float = Field(default=0.4, ge=0.0, le=1.0)
+    hard_negative_fraction: float = Field(default=0.3, ge=0.0, le=1.0)
+    num_workers: int = Field(default=2, ge=0)
+    cache_bytes: int = Field(default=2 * 1024**3, ge=0)
+    max_val_scans: int | None = Field(default=None, ge=2)
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must leave scans to train on")
+        if self.positive_fraction + self.hard_negative_fraction > 1.0:
+            raise ValueError("positive_fraction + hard_negative_fraction must not exceed 1")
+        return self
+
+
+class ThreatProjectionConfig(_Section):
+    """Threat image projection: add a threat's attenuation to clean tiles."""
+
+    enabled: bool = True
+    rate: float = Field(default=0.25, ge=0.0, le=1.0)
+    depth: tuple[float, float] = (0.5, 1.5)
+    synthetic_fraction: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="share of projected threats that are generated brick stacks"
+    )
+
+
+class AugmentConfig(_Section):
+    """X-ray-plausible augmentation; off in evaluation."""
+
+    enabled: bool = True
+    hflip: float = Field(default=0.5, ge=0.0, le=1.0)
+    scale: tuple[float, float] = (0.9, 1.1)
+    gain: tuple[float, float] = (0.9, 1.1)
+    offset: tuple[float, float] = (-0.02, 0.02)
+    noise: float = Field(default=0.5, ge=0.0, le=1.0)
+    blur: float = Field(default=0.2, ge=0.0, le=1.0)
+    row_streaks: float = Field(default=0.3, ge=0.0, le=1.0)
+    tip: ThreatProjectionConfig = ThreatProjectionConfig()
+
+
+class TrainConfig(_Section):
+    """Optimisation, checkpoints and early stopping."""
+
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    warmup_epochs: float = Field(default=1.0, ge=0.0)
+    grad_clip: float | None = Field(default=1.0, gt=0.0)
+    amp: bool = False
+    channels_last: bool = True
+    dense_loss_weight: float = Field(default=1.0, ge=0.0)
+    category_loss_weight: float = Field(default=0.2, ge=0.0)
+    early_stopping_patience: int | None = Field(default=6, ge=1)
+    monitor: str = "val/auroc"
+    monitor_mode: Literal["max", "min"] = "max"
+    hard_negative_every: int = Field(default=2, ge=0, description="epochs between mining rounds; 0 disables")
+    hard_negatives_per_scan: int = Field(default=8, ge=1)
+    max_steps_per_epoch: int | None = Field(default=None, ge=1)
+    device: str = "auto"
+    threads: int | None = Field(default=None, ge=1)
+    runs_dir: str = "runs"
+
+
+class ValidationConfig(_Section):
+    """Whole-scan validation through the Predictor, and threshold calibration."""
+
+    every: int = Field(default=1, ge=1)
+    target_far: float = Field(default=0.01, gt=0.0, lt=1.0)
+    region_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    overlays: int = Field(default=4, ge=0)
+    max_block_pixels: int = Field(default=4_000_000, ge=65_536)
+
+
+class TrackingConfig(_Section):
+    """MLflow. ``tracking_uri`` None means ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``."""
+
+    tracking_uri: str | None = None
+    experiment: str = "scanml"
+    registered_model: str | None = "scanml-anomaly"
+    run_name: str | None = None
+    system_metrics: bool = True
+    max_retries: int = Field(default=2, ge=0)
+    timeout_s: float = Field(default=10.0, gt=0.0)
+
+
+class Config(_Section):
+    """The whole configuration of a training run."""
+
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+    validation: ValidationConfig = ValidationConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def flat(self) -> dict[str, Any]:
+        """``{"section.key": value}``: the form MLflow params take."""
+        return dict(_flatten(self.model_dump(mode="json")))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_yaml())
+        return path
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()
+) -> Config:
+    """Load a YAML preset (or the defaults) and apply ``section.key=value`` overrides.
+
+    Errors name the file and the offending field, e.g.
+    ``configs/x.yaml: train.lr: Input should be greater than 0``.
+    """
+    source = str(path) if path is not None else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: configuration file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raw = loaded or {}
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+    for dotted, value in overrides.items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Parse ``section.key=value`` strings; values are YAML (``1e-3``, ``[high, low]``, ``null``)."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        try:
+            parsed[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from exc
+    return parsed
+
+
+def config_from_json(text: str) -> Config:
+    """Rebuild a configuration saved in a checkpoint."""
+    return Config.model_validate(json.loads(text))
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for name in parents:
+        child = node.setdefault(name, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {name!r} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "<root>"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown key")
+        else:
+            problems.append(f"{where}: {error['msg']}")
+    return "; ".join(problems)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = ""):
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{name}.")
+        else:
+            yield name, value
