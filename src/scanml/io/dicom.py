@@ -1,0 +1,479 @@
+"""DICOM and DICOS: reading any projection X-ray file, writing DICOS DX.
+
+How a pixel value becomes attenuation (``A = -ln(I / I0)``)
+------------------------------------------------------------
+1. The modality LUT (RescaleSlope/RescaleIntercept, or a Modality LUT
+   Sequence) turns stored values ``s`` into values ``v``. The *full scale*
+   ``F`` is the modality LUT applied to the largest storable value,
+   ``2**BitsStored - 1``.
+2. PixelIntensityRelationshipSign says which way ``v`` runs: +1, larger
+   values mean more intensity; -1, larger values mean less. Where the sign
+   runs against the relationship's natural direction (LIN: up with
+   intensity; LOG: up with attenuation) the value is mirrored, ``v := F - v``.
+3. PixelIntensityRelationship then gives the physics: LIN, ``v`` is
+   transmitted intensity, so ``T = v / F`` and ``A = -ln T`` (T is floored at
+   one count, so an impenetrable pixel reads as ``ln(2**BitsStored - 1)``);
+   LOG, ``v`` is log intensity in natural-log units, i.e. the attenuation.
+
+PhotometricInterpretation only tells a viewer how to map the values to grey
+(MONOCHROME1: the smallest value is white), after the modality and VOI LUTs;
+it does not change what a value means physically, so where the file states
+its sign the photometric interpretation is ignored. Where the sign is
+missing it is inferred from the photometric interpretation, on the scanner
+convention that air is shown bright: MONOCHROME2 gives +1, MONOCHROME1 -1.
+A file without PixelIntensityRelationship is read as LIN if its modality is
+a projection X-ray one (or missing), and ``meta`` records what was assumed.
+
+The writer follows the same convention: with the default sign, a viewer
+shows air bright in either photometric interpretation, so a MONOCHROME1
+file stores mirrored values and sign -1.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut, get_decoder, get_encoder
+from pydicom.tag import Tag
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
+from pydicom.valuerep import DSfloat
+
+from scanml import __version__
+from scanml.io.errors import ScanReadError, check_declared_size, check_file_size
+from scanml.io.scan import DecodedImage, Scan
+
+DICOS_DX_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.501.2.1")
+
+# Lossless only: a scan that is re-encoded must keep its attenuation.
+WRITABLE_TRANSFER_SYNTAXES: tuple[UID, ...] = (
+    ExplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    RLELossless,
+    JPEG2000Lossless,
+    HTJ2KLossless,
+    JPEGLSLossless,
+)
+
+# Modalities whose images are projections of an X-ray beam, where LIN may be
+# assumed when the file does not say; CT or MR values are no transmission.
+PROJECTION_MODALITIES = frozenset({"DX", "CR", "RF", "XA", "MG", "IO", "PX", "OT"})
+
+# LOG files store attenuation in steps of 2**(LOG_RANGE_EXPONENT - bits), so
+# every bit depth covers A in [0, 16): beyond 11 (one photon in 2**16) a
+# pixel is impenetrable anyway.
+LOG_RANGE_EXPONENT = 4
+
+# The direction in which each relationship's values naturally run:
+# LIN grows with intensity (+1), LOG (attenuation) grows against it (-1).
+NATURAL_SIGN = {"LIN": 1, "LOG": -1}
+
+Encoding = Literal["LOG", "LIN"]
+Photometric = Literal["MONOCHROME2", "MONOCHROME1"]
+
+
+def read_dicom(path: Path, *, max_bytes: int) -> DecodedImage:
+    """Decode a DICOM/DICOS projection image into attenuation [C, H, W].
+
+    The declared image size is checked against ``max_bytes`` before pydicom
+    allocates the pixel buffer, and pixels are decoded here, because a
+    truncated or hostile file only fails at decoding.
+    """
+    check_file_size(path, max_bytes)
+    try:
+        dataset = pydicom.dcmread(path)
+    except InvalidDicomError as exc:
+        raise ScanReadError(path, f"not a DICOM file ({exc})") from exc
+    geometry = _ImageGeometry.of(path, dataset)
+    check_declared_size(path, geometry.shape, max(geometry.bytes_per_value, 4), max_bytes)
+    _require_decoder(path, dataset)
+    intensity = _IntensityEncoding.of(path, dataset, geometry.photometric)
+    stored = dataset.pixel_array.reshape(geometry.shape)
+    attenuation, full_scale = _to_attenuation(path, stored, dataset, geometry, intensity)
+    spacing, spacing_source = _file_spacing(path, dataset)
+    meta = {
+        "format": "dicom",
+        "site": _text(dataset, "InstitutionName"),
+        "scan_id": _text(dataset, "SeriesDescription"),
+        "modality": _text(dataset, "Modality"),
+        "sop_class_uid": _text(dataset, "SOPClassUID"),
+        "sop_instance_uid": _text(dataset, "SOPInstanceUID"),
+        "study_instance_uid": _text(dataset, "StudyInstanceUID"),
+        "series_instance_uid": _text(dataset, "SeriesInstanceUID"),
+        "transfer_syntax_uid": str(dataset.file_meta.TransferSyntaxUID),
+        "photometric_interpretation": geometry.photometric,
+        "encoding": intensity.relationship,
+        "sign": intensity.sign,
+        "encoding_assumed": intensity.relationship_assumed,
+        "sign_assumed": intensity.sign_assumed,
+        "bits_stored": geometry.bits_stored,
+        "full_scale": full_scale,
+        "spacing_source": spacing_source,
+    }
+    return DecodedImage(attenuation, spacing, _frame_labels(dataset, geometry.frames), meta)
+
+
+def write_dicom(
+    scan: Scan,
+    path: Path,
+    *,
+    encoding: Encoding = "LOG",
+    photometric: Photometric = "MONOCHROME2",
+    sign: Literal[1, -1] | None = None,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    bits: int = 16,
+) -> None:
+    """Write ``scan`` as a DICOS DX (for presentation) file, one frame per channel.
+
+    ``sign`` defaults to the one that makes viewers show air bright under
+    ``photometric``. Site and scan id go to InstitutionName and
+    SeriesDescription, channel names to FrameLabelVector (pointed at by
+    FrameIncrementPointer); every other identifying attribute is left empty.
+    """
+    syntax = _check_write_options(scan, encoding, photometric, sign, transfer_syntax, bits)
+    if sign is None:
+        sign = 1 if photometric == "MONOCHROME2" else -1
+    stored, slope = _encode_values(scan.attenuation, encoding, sign, bits)
+    dataset = _dicos_dx_dataset(scan, syntax)
+    dataset.PixelIntensityRelationship = encoding
+    dataset.PixelIntensityRelationshipSign = sign
+    dataset.RescaleSlope = DSfloat(slope, auto_format=True)
+    dataset.RescaleIntercept = "0"
+    dataset.RescaleType = "US"
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = photometric
+    dataset.NumberOfFrames = stored.shape[0]
+    dataset.FrameIncrementPointer = Tag("FrameLabelVector")
+    dataset.FrameLabelVector = list(scan.channels)
+    dataset.Rows, dataset.Columns = stored.shape[1:]
+    dataset.BitsAllocated = stored.dtype.itemsize * 8
+    dataset.BitsStored = bits
+    dataset.HighBit = bits - 1
+    dataset.PixelRepresentation = 0
+    if syntax.is_encapsulated:
+        dataset.compress(
+            syntax, stored if stored.shape[0] > 1 else stored[0], generate_instance_uid=False
+        )
+    else:
+        dataset.PixelData = stored.tobytes()
+        dataset["PixelData"].VR = "OB" if stored.dtype.itemsize == 1 else "OW"
+    pydicom.dcmwrite(path, dataset, enforce_file_format=True)
+
+
+@dataclass(frozen=True)
+class _ImageGeometry:
+    """The Image Pixel module, checked before any pixel is touched."""
+
+    frames: int
+    rows: int
+    columns: int
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    photometric: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.frames, self.rows, self.columns)
+
+    @property
+    def bytes_per_value(self) -> int:
+        return self.bits_allocated // 8
+
+    @property
+    def max_stored(self) -> int:
+        return 2 ** (self.bits_stored - int(self.signed)) - 1
+
+    @classmethod
+    def of(cls, path: Path, dataset: Dataset) -> _ImageGeometry:
+        if "PixelData" not in dataset:
+            kind = (
+                "float pixel data, which is not a scanner's output"
+                if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset
+                else "no PixelData: it is not an image"
+            )
+            raise ScanReadError(path, f"the DICOM file has {kind}")
+        photometric = str(dataset.get("PhotometricInterpretation", "")).strip()
+        samples = _integer(path, dataset, "SamplesPerPixel", default=1)
+        if photometric not in ("MONOCHROME1", "MONOCHROME2") or samples != 1:
+            raise ScanReadError(
+                path,
+                f"PhotometricInterpretation {photometric!r} with {samples} samples per pixel:"
+                " only single-sample MONOCHROME1/MONOCHROME2 images are X-ray scans",
+            )
+        rows = _integer(path, dataset, "Rows")
+        columns = _integer(path, dataset, "Columns")
+        frames = _integer(path, dataset, "NumberOfFrames", default=1)
+        if min(rows, columns, frames) <= 0:
+            raise ScanReadError(
+                path, f"empty image: {frames} frame(s) of {rows} x {columns} pixels"
+            )
+        bits_allocated = _integer(path, dataset, "BitsAllocated")
+        bits_stored = _integer(path, dataset, "BitsStored", default=bits_allocated)
+        if bits_allocated not in (8, 16, 32) or not 1 <= bits_stored <= bits_allocated:
+            raise ScanReadError(
+                path,
+                f"BitsAllocated {bits_allocated} / BitsStored {bits_stored}: expected 8, 16 or"
+                " 32 bits allocated holding 1 to that many stored bits",
+            )
+        representation = _integer(path, dataset, "PixelRepresentation", default=0)
+        return cls(
+            frames, rows, columns, bits_allocated, bits_stored, representation == 1, photometric
+        )
+
+
+@dataclass(frozen=True)
+class _IntensityEncoding:
+    """What the file says (or what is assumed) about its values' physics."""
+
+    relationship: Literal["LIN", "LOG"]
+    sign: int
+    relationship_assumed: bool
+    sign_assumed: bool
+
+    @classmethod
+    def of(cls, path: Path, dataset: Dataset, photometric: str) -> _IntensityEncoding:
+        relationship = str(dataset.get("PixelIntensityRelationship", "") or "").strip().upper()
+        relationship_assumed = not relationship
+        if relationship_assumed:
+            modality = str(dataset.get("Modality", "") or "").strip().upper()
+            if modality and modality not in PROJECTION_MODALITIES:
+                raise ScanReadError(
+                    path,
+                    f"modality {modality!r} is not a projection X-ray image and the file has"
+                    " no PixelIntensityRelationship saying how its values relate to intensity",
+                )
+            relationship = "LIN"
+        if relationship not in NATURAL_SIGN:
+            raise ScanReadError(
+                path,
+                f"PixelIntensityRelationship {relationship!r}: only LIN and LOG values carry"
+                " attenuation (DISP values were transformed for display)",
+            )
+        raw_sign = dataset.get("PixelIntensityRelationshipSign")
+        sign_assumed = raw_sign is None or raw_sign == ""
+        if sign_assumed:
+            sign = 1 if photometric == "MONOCHROME2" else -1
+        elif int(raw_sign) in (1, -1):
+            sign = int(raw_sign)
+        else:
+            raise ScanReadError(
+                path, f"PixelIntensityRelationshipSign {raw_sign!r} is not +1 or -1"
+            )
+        return cls(relationship, sign, relationship_assumed, sign_assumed)  # type: ignore[arg-type]
+
+
+def _to_attenuation(
+    path: Path,
+    stored: np.ndarray,
+    dataset: Dataset,
+    geometry: _ImageGeometry,
+    intensity: _IntensityEncoding,
+) -> tuple[np.ndarray, float]:
+    """Apply the modality LUT, the sign and the relationship (see the module doc)."""
+    values = _modality_output(stored, dataset)
+    full_scale = float(_modality_output(np.array([geometry.max_stored]), dataset)[0])
+    if not np.isfinite(full_scale) or full_scale <= 0:
+        raise ScanReadError(
+            path, f"full scale {full_scale} after the modality LUT is not a positive number"
+        )
+    if intensity.sign != NATURAL_SIGN[intensity.relationship]:
+        np.subtract(np.float32(full_scale), values, out=values)
+    if intensity.relationship == "LIN":
+        np.divide(values, np.float32(full_scale), out=values)
+        np.clip(values, 1.0 / max(geometry.max_stored, 1), 1.0, out=values)
+        np.log(values, out=values)
+        np.negative(values, out=values)
+    return values, full_scale
+
+
+def _modality_output(stored: np.ndarray, dataset: Dataset) -> np.ndarray:
+    """Stored values through the modality LUT, as float32."""
+    if "ModalityLUTSequence" in dataset:
+        return np.asarray(apply_modality_lut(stored, dataset), dtype=np.float32)
+    values = stored.astype(np.float32)
+    slope = dataset.get("RescaleSlope")
+    intercept = dataset.get("RescaleIntercept")
+    if slope not in (None, ""):
+        values *= np.float32(slope)
+    if intercept not in (None, ""):
+        values += np.float32(intercept)
+    return values
+
+
+def _require_decoder(path: Path, dataset: Dataset) -> None:
+    """Fail with the install hint when no plugin can decode the transfer syntax."""
+    syntax = dataset.file_meta.get("TransferSyntaxUID")
+    if syntax is None:
+        raise ScanReadError(path, "the file meta information has no TransferSyntaxUID")
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError as exc:
+        raise ScanReadError(
+            path, f"pixel data in transfer syntax {syntax.name} ({syntax}) cannot be decoded"
+        ) from exc
+    if not decoder.is_available:
+        raise ScanReadError(
+            path,
+            f"decoding {syntax.name} ({syntax}) needs the optional 'jpeg' extra:"
+            " pip install 'scanml[jpeg]' (pylibjpeg-libjpeg is GPL-3.0, so it is not"
+            " installed by default)",
+        )
+
+
+def _file_spacing(path: Path, dataset: Dataset) -> tuple[tuple[float, float] | None, str]:
+    """(row, column) mm per pixel from PixelSpacing, else ImagerPixelSpacing."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = dataset.get(keyword)
+        if value in (None, ""):
+            continue
+        spacing = tuple(float(v) for v in _as_list(value))
+        if len(spacing) != 2 or not all(np.isfinite(s) and s > 0 for s in spacing):
+            raise ScanReadError(path, f"{keyword} {value!r} is not two positive numbers")
+        return (spacing[0], spacing[1]), keyword
+    return None, "argument"
+
+
+def _frame_labels(dataset: Dataset, frames: int) -> list[str] | None:
+    """Channel names from FrameLabelVector, when it names every frame."""
+    labels = dataset.get("FrameLabelVector")
+    if labels in (None, ""):
+        return None
+    names = [str(label) for label in _as_list(labels)]
+    return names if len(names) == frames else None
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+
+
+def _integer(path: Path, dataset: Dataset, keyword: str, default: int | None = None) -> int:
+    value = dataset.get(keyword)
+    if value in (None, ""):
+        if default is None:
+            raise ScanReadError(path, f"the image has no {keyword}")
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise ScanReadError(path, f"{keyword} {value!r} is not an integer") from exc
+
+
+def _text(dataset: Dataset, keyword: str) -> str | None:
+    value = dataset.get(keyword)
+    return None if value in (None, "") else str(value)
+
+
+def _check_write_options(
+    scan: Scan,
+    encoding: str,
+    photometric: str,
+    sign: int | None,
+    transfer_syntax: str,
+    bits: int,
+) -> UID:
+    """Reject options that would write an unreadable or lossy file, before writing."""
+    if encoding not in NATURAL_SIGN:
+        raise ValueError(f"encoding must be 'LOG' or 'LIN', got {encoding!r}")
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
+    if sign not in (None, 1, -1):
+        raise ValueError(f"sign must be +1, -1 or None, got {sign!r}")
+    if not 8 <= bits <= 16:
+        raise ValueError(f"bits must be 8 to 16, got {bits}")
+    syntax = UID(transfer_syntax)
+    if syntax not in WRITABLE_TRANSFER_SYNTAXES:
+        names = ", ".join(uid.name for uid in WRITABLE_TRANSFER_SYNTAXES)
+        raise ValueError(f"transfer syntax {syntax} is not one of the lossless ones: {names}")
+    if syntax.is_encapsulated and not get_encoder(syntax).is_available:
+        raise ValueError(
+            f"no encoder for {syntax.name} is installed: "
+            f"{'; '.join(get_encoder(syntax).missing_dependencies)}"
+        )
+    for name in scan.channels:
+        if not name or len(name) > 16 or "\\" in name:
+            raise ValueError(f"channel name {name!r} must be 1 to 16 characters without '\\'")
+    for key in ("site", "scan_id"):
+        value = scan.meta.get(key)
+        if value is not None and (len(str(value)) > 64 or "\\" in str(value)):
+            raise ValueError(f"meta[{key!r}] {value!r} must be at most 64 characters without '\\'")
+    return syntax
+
+
+def _encode_values(
+    attenuation: np.ndarray, encoding: str, sign: int, bits: int
+) -> tuple[np.ndarray, float]:
+    """Stored values and the rescale slope that make the reader's mapping exact."""
+    full_scale = 2**bits - 1
+    attenuation = np.clip(attenuation, 0.0, None, dtype=np.float64)
+    if encoding == "LIN":
+        slope = 1.0
+        counts = np.exp(-attenuation) * full_scale
+    else:
+        slope = 2.0 ** (LOG_RANGE_EXPONENT - bits)
+        counts = attenuation / slope
+    if sign != NATURAL_SIGN[encoding]:
+        counts = full_scale - counts
+    dtype = np.uint8 if bits == 8 else np.uint16
+    return np.clip(np.rint(counts), 0, full_scale).astype(dtype), slope
+
+
+def _dicos_dx_dataset(scan: Scan, syntax: UID) -> Dataset:
+    """The identifying and descriptive attributes; personal ones present but empty."""
+    instance_uid = generate_uid()
+    now = datetime.datetime.now(datetime.UTC)
+    dataset = Dataset()
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.MediaStorageSOPClassUID = DICOS_DX_FOR_PRESENTATION
+    dataset.file_meta.MediaStorageSOPInstanceUID = instance_uid
+    dataset.file_meta.TransferSyntaxUID = syntax
+    dataset.SOPClassUID = DICOS_DX_FOR_PRESENTATION
+    dataset.SOPInstanceUID = instance_uid
+    dataset.StudyInstanceUID = generate_uid()
+    dataset.SeriesInstanceUID = generate_uid()
+    dataset.Modality = "DX"
+    dataset.ImageType = ["ORIGINAL", "PRIMARY"]
+    dataset.PresentationIntentType = "FOR PRESENTATION"
+    dataset.ContentDate = dataset.StudyDate = now.strftime("%Y%m%d")
+    dataset.ContentTime = dataset.StudyTime = now.strftime("%H%M%S")
+    dataset.TimezoneOffsetFromUTC = "+0000"
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "ReferringPhysicianName",
+        "AccessionNumber",
+        "StudyID",
+        "Manufacturer",
+    ):
+        setattr(dataset, keyword, "")
+    dataset.SoftwareVersions = f"scanml {__version__}"
+    dataset.SeriesNumber = 1
+    dataset.InstanceNumber = 1
+    dataset.BurnedInAnnotation = "NO"
+    dataset.LossyImageCompression = "00"
+    if scan.meta.get("site") is not None:
+        dataset.InstitutionName = str(scan.meta["site"])
+    if scan.meta.get("scan_id") is not None:
+        dataset.SeriesDescription = str(scan.meta["scan_id"])
+    spacing = [DSfloat(value, auto_format=True) for value in scan.spacing_mm]
+    dataset.PixelSpacing = spacing
+    dataset.ImagerPixelSpacing = spacing
+    return dataset

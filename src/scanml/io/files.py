@@ -1,0 +1,191 @@
+"""Reading and writing scan files: one reader and one writer per format, chosen by suffix."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydicom.uid import ExplicitVRLittleEndian
+
+from scanml.io.dicom import Encoding, Photometric, read_dicom, write_dicom
+from scanml.io.errors import ScanReadError
+from scanml.io.npy import read_npy, write_npy
+from scanml.io.raster import read_png, read_tiff, write_png, write_tiff
+from scanml.io.scan import DecodedImage, Scan
+
+# Decoded images larger than this are refused unread: 1 GiB holds a
+# 25-megapixel dual-energy scan in float32 ten times over.
+DEFAULT_MAX_BYTES = 1 << 30
+
+Reader = Callable[..., DecodedImage]
+
+_READERS: dict[str, Reader] = {
+    ".dcm": read_dicom,
+    ".dicom": read_dicom,
+    ".dcs": read_dicom,
+    ".tif": read_tiff,
+    ".tiff": read_tiff,
+    ".png": read_png,
+    ".npy": read_npy,
+}
+SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(_READERS)
+
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".dcs")
+_DEFAULT_CHANNELS = {1: ["high"], 2: ["high", "low"]}
+
+
+def read_scan(
+    path: str | os.PathLike[str],
+    *,
+    spacing_mm: float | tuple[float, float] | None = None,
+    channels: Sequence[str] | None = None,
+    site: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Scan:
+    """Read a scan file as float32 log-attenuation [C, H, W].
+
+    ``spacing_mm`` (row, column, or one number for square pixels) is used
+    when the file carries none (TIFF, PNG, ``.npy``, DICOM without
+    PixelSpacing); ``channels`` names the file's channels, overriding names
+    it stores; ``site`` overrides the file's. Attenuation below 0 (T > 1,
+    photon noise over open beam) is clipped to 0, so 0 is always air.
+
+    Raises ScanReadError, and no other exception, for any file that cannot
+    be read; ValueError for invalid arguments.
+    """
+    path = Path(path)
+    fallback_spacing = _spacing_argument(spacing_mm)
+    try:
+        decoded = _reader_for(path)(path, max_bytes=max_bytes)
+        return _to_scan(path, decoded, fallback_spacing, channels, site)
+    except ScanReadError:
+        raise
+    except Exception as exc:  # untrusted input: every failure becomes the one error type
+        raise ScanReadError(path, f"{type(exc).__name__}: {exc}") from exc
+
+
+def write_scan(
+    scan: Scan,
+    path: str | os.PathLike[str],
+    *,
+    encoding: Encoding | None = None,
+    photometric: Photometric = "MONOCHROME2",
+    sign: Literal[1, -1] | None = None,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    bits: int = 16,
+) -> Path:
+    """Write ``scan`` in the format its suffix names; returns the path.
+
+    ``.dcm``/``.dicom``/``.dcs``: a DICOS DX file (see
+    :func:`scanml.io.dicom.write_dicom`); ``encoding`` defaults to LOG, and
+    the other keywords apply to DICOM only. ``.tif``/``.tiff`` (one page per
+    channel) and ``.png`` (one channel): 16-bit LIN transmission. ``.npy``:
+    float32 attenuation. The file appears whole or not at all: it is
+    written beside the target and renamed, so a killed job leaves no
+    half-written scan.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in _DICOM_SUFFIXES:
+        options = {
+            "encoding": encoding or "LOG",
+            "photometric": photometric,
+            "sign": sign,
+            "transfer_syntax": transfer_syntax,
+            "bits": bits,
+        }
+        _write_atomically(path, lambda target: write_dicom(scan, target, **options))
+        return path
+    writers = {".tif": write_tiff, ".tiff": write_tiff, ".png": write_png, ".npy": write_npy}
+    if suffix not in writers:
+        raise ValueError(
+            f"cannot write {path.name!r}: supported suffixes are {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    if (photometric, sign, transfer_syntax, bits) != (
+        "MONOCHROME2",
+        None,
+        ExplicitVRLittleEndian,
+        16,
+    ):
+        raise ValueError("photometric, sign, transfer_syntax and bits apply to DICOM files only")
+    expected = "ATTENUATION" if suffix == ".npy" else "LIN"
+    if encoding not in (None, expected):
+        raise ValueError(f"{suffix} files hold {expected} values, not {encoding}")
+    _write_atomically(path, lambda target: writers[suffix](scan, target))
+    return path
+
+
+def _reader_for(path: Path) -> Reader:
+    """The reader for the suffix; DICOM is also recognised by its preamble."""
+    if path.is_dir():
+        raise ScanReadError(path, "it is a directory, not a file")
+    if not path.is_file():
+        raise ScanReadError(path, "no such file")
+    reader = _READERS.get(path.suffix.lower())
+    if reader is not None:
+        return reader
+    with path.open("rb") as stream:
+        stream.seek(128)
+        if stream.read(4) == b"DICM":
+            return read_dicom
+    raise ScanReadError(
+        path,
+        f"unsupported file type {path.suffix or '(no suffix)'!r}: supported suffixes are"
+        f" {', '.join(SUPPORTED_SUFFIXES)}, and DICOM files with the 'DICM' preamble",
+    )
+
+
+def _to_scan(
+    path: Path,
+    decoded: DecodedImage,
+    fallback_spacing: tuple[float, float] | None,
+    channels: Sequence[str] | None,
+    site: str | None,
+) -> Scan:
+    """The checks and defaults that every format shares."""
+    attenuation = decoded.attenuation
+    if not np.isfinite(attenuation).all():
+        raise ScanReadError(path, "the image holds NaN or infinite values")
+    np.maximum(attenuation, 0.0, out=attenuation)
+    spacing = decoded.spacing_mm or fallback_spacing
+    if spacing is None:
+        raise ScanReadError(
+            path,
+            f"the {decoded.meta.get('format', '')} file carries no pixel spacing:"
+            " pass spacing_mm=(row_mm, column_mm)",
+        )
+    count = attenuation.shape[0]
+    names = list(channels or decoded.channels or _default_channels(count))
+    if len(names) != count:
+        raise ScanReadError(
+            path, f"the file holds {count} channel(s) but {names} name(s) were given"
+        )
+    meta = {"path": str(path), "spacing_source": "argument", **decoded.meta}
+    meta["scan_id"] = meta.get("scan_id") or path.stem
+    meta["site"] = site if site is not None else meta.get("site")
+    return Scan(attenuation, spacing, names, meta)
+
+
+def _default_channels(count: int) -> list[str]:
+    return _DEFAULT_CHANNELS.get(count) or [f"channel{index}" for index in range(count)]
+
+
+def _spacing_argument(spacing_mm: float | tuple[float, float] | None) -> tuple[float, float] | None:
+    if spacing_mm is None:
+        return None
+    pair = (spacing_mm, spacing_mm) if np.isscalar(spacing_mm) else tuple(spacing_mm)  # type: ignore[arg-type]
+    if len(pair) != 2 or not all(np.isfinite(value) and value > 0 for value in pair):
+        raise ValueError(f"spacing_mm must be one or two positive numbers, got {spacing_mm!r}")
+    return (float(pair[0]), float(pair[1]))
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
