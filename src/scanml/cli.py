@@ -51,8 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"scanml {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_synth, _add_train, _add_evaluate, _add_score, _add_compare, _add_promote,
-                _add_info, _add_demo, _add_bench):
+    for add in (
+        _add_synth,
+        _add_train,
+        _add_evaluate,
+        _add_score,
+        _add_compare,
+        _add_promote,
+        _add_info,
+        _add_demo,
+        _add_bench,
+    ):
         add(commands)
     return parser
 
@@ -71,15 +80,32 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--n-scans", type=int, required=True, help="number of scans")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
-    p.add_argument("--anomaly-fraction", type=float, default=0.5, help="share of scans with a concealment")
-    p.add_argument("--sites", type=_csv, default=None, help="comma-separated scanner profiles (default: all)")
-    p.add_argument("--lengths", type=_csv, default=["20ft", "40ft"], help="container lengths, e.g. 20ft,40ft")
-    p.add_argument("--energy", choices=["site", "single", "dual"], default="site",
-                   help="single or dual energy, or as the site's scanner does (default)")
-    p.add_argument("--format", dest="file_format", choices=["dcm", "tiff"], default="dcm",
-                   help="DICOS (default) or 16-bit TIFF")
+    p.add_argument(
+        "--anomaly-fraction", type=float, default=0.5, help="share of scans with a concealment"
+    )
+    p.add_argument(
+        "--sites", type=_csv, default=None, help="comma-separated scanner profiles (default: all)"
+    )
+    p.add_argument(
+        "--lengths", type=_csv, default=["20ft", "40ft"], help="container lengths, e.g. 20ft,40ft"
+    )
+    p.add_argument(
+        "--energy",
+        choices=["site", "single", "dual"],
+        default="site",
+        help="single or dual energy, or as the site's scanner does (default)",
+    )
+    p.add_argument(
+        "--format",
+        dest="file_format",
+        choices=["dcm", "tiff"],
+        default="dcm",
+        help="DICOS (default) or 16-bit TIFF",
+    )
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    p.add_argument("--skip-existing", action="store_true", help="keep scans already written (resume)")
+    p.add_argument(
+        "--skip-existing", action="store_true", help="keep scans already written (resume)"
+    )
     p.set_defaults(func=_run_synth)
 
 
@@ -112,12 +138,26 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         description="Train (or fine-tune) a dense anomaly detector on a dataset folder holding "
         "manifest.csv and annotations.json. Prints the MLflow run id and the registered model URI.",
     )
-    p.add_argument("--config", type=Path, default=None, help="YAML preset, e.g. configs/default.yaml")
-    p.add_argument("--data", type=Path, required=True, help="folder with manifest.csv and annotations.json")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a configuration field (repeatable), e.g. --set train.epochs=3")
-    p.add_argument("--resume", metavar="RUN", default=None,
-                   help="continue a killed run: its MLflow run id or its folder under runs/")
+    p.add_argument(
+        "--config", type=Path, default=None, help="YAML preset, e.g. configs/default.yaml"
+    )
+    p.add_argument(
+        "--data", type=Path, required=True, help="folder with manifest.csv and annotations.json"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a configuration field (repeatable), e.g. --set train.epochs=3",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        default=None,
+        help="continue a killed run: its MLflow run id or its folder under runs/",
+    )
     p.set_defaults(func=_run_train)
 
 
@@ -145,20 +185,36 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         "evaluate",
         help="evaluate a model on a dataset and log the report to MLflow (scanml.evaluation.evaluate)",
     )
-    p.add_argument("--model", required=True, help="runs:/..., models:/NAME/VERSION, models:/NAME@alias or a folder")
-    p.add_argument("--data", type=Path, required=True, help="folder with manifest.csv and annotations.json")
-    p.add_argument("--split", default="test", help="manifest split to evaluate (default: test; 'all' for every scan)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="runs:/..., models:/NAME/VERSION, models:/NAME@alias or a folder",
+    )
+    p.add_argument(
+        "--data", type=Path, required=True, help="folder with manifest.csv and annotations.json"
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        help="manifest split to evaluate (default: test; 'all' for every scan)",
+    )
     p.add_argument("--out", type=Path, default=None, help="folder for report.md and report.json")
-    p.add_argument("--calibrate-far", type=float, default=None, metavar="FAR",
-                   help="recalibrate the threshold on the val split at this false-alarm rate and store it")
+    p.add_argument(
+        "--calibrate-far",
+        type=float,
+        default=None,
+        metavar="FAR",
+        help="recalibrate the threshold on the val split at this false-alarm rate and store it",
+    )
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from scanml.evaluation import evaluate
 
-    report = evaluate(args.model, args.data, split=args.split, out_dir=args.out,
-                      calibrate_far=args.calibrate_far)
+    report = evaluate(
+        args.model, args.data, split=args.split, out_dir=args.out, calibrate_far=args.calibrate_far
+    )
     print(report.to_markdown())
     return 0
 
@@ -173,13 +229,23 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
         description="Score every scan in a folder, glob or manifest. One row per input file, "
         "failures included; a killed job rerun with the same arguments skips what is done.",
     )
-    p.add_argument("--model", required=True, help="runs:/..., models:/NAME/VERSION, models:/NAME@champion or a folder")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="runs:/..., models:/NAME/VERSION, models:/NAME@champion or a folder",
+    )
     p.add_argument("--input", required=True, help="a folder, a glob, or a manifest.csv")
     p.add_argument("--out", type=Path, required=True, help="the scores table (.parquet)")
     p.add_argument("--overlays", type=Path, default=None, help="folder for a PNG per flagged scan")
-    p.add_argument("--tdr", type=Path, default=None, help="folder for a DICOS Threat Detection Report per scan")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores - 1)")
-    p.add_argument("--threshold", type=float, default=None, help="override the model's calibrated threshold")
+    p.add_argument(
+        "--tdr", type=Path, default=None, help="folder for a DICOS Threat Detection Report per scan"
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="decoding processes (default: cores - 1)"
+    )
+    p.add_argument(
+        "--threshold", type=float, default=None, help="override the model's calibrated threshold"
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     p.set_defaults(func=_run_score)
 
@@ -187,8 +253,16 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
 def _run_score(args: argparse.Namespace) -> int:
     from scanml.scoring import score
 
-    summary = score(args.model, args.input, args.out, overlays=args.overlays, tdr=args.tdr,
-                    workers=args.workers, device=args.device, threshold=args.threshold)
+    summary = score(
+        args.model,
+        args.input,
+        args.out,
+        overlays=args.overlays,
+        tdr=args.tdr,
+        workers=args.workers,
+        device=args.device,
+        threshold=args.threshold,
+    )
     return 0 if summary.scanned or not summary.failed else 1
 
 
@@ -196,7 +270,9 @@ def _run_score(args: argparse.Namespace) -> int:
 
 
 def _add_compare(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("compare", help="runs side by side, best first (scanml.evaluation.compare_runs)")
+    p = commands.add_parser(
+        "compare", help="runs side by side, best first (scanml.evaluation.compare_runs)"
+    )
     p.add_argument("--experiment", default="scanml", help="MLflow experiment name")
     p.add_argument("--metric", default="val/auroc", help="sort key (default: val/auroc)")
     p.add_argument("--limit", type=int, default=20)
@@ -207,13 +283,17 @@ def _run_compare(args: argparse.Namespace) -> int:
     from scanml.evaluation import compare_runs
 
     table = compare_runs(args.experiment, metric=args.metric, limit=args.limit)
-    print(table.to_string(index=False) if len(table) else f"no runs in experiment {args.experiment!r}")
+    print(
+        table.to_string(index=False) if len(table) else f"no runs in experiment {args.experiment!r}"
+    )
     return 0
 
 
 def _add_promote(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("promote", help="set the 'champion' alias (scanml.evaluation.promote)")
-    p.add_argument("target", metavar="RUN_OR_VERSION", help="an MLflow run id or a registered model version")
+    p.add_argument(
+        "target", metavar="RUN_OR_VERSION", help="an MLflow run id or a registered model version"
+    )
     p.add_argument("--name", default="scanml-anomaly", help="registered model name")
     p.add_argument("--alias", default="champion")
     p.set_defaults(func=_run_promote)
@@ -231,10 +311,18 @@ def _run_promote(args: argparse.Namespace) -> int:
 
 
 def _add_info(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("info", help="read scan files and print what scanml sees (scanml.io.read_scan)")
+    p = commands.add_parser(
+        "info", help="read scan files and print what scanml sees (scanml.io.read_scan)"
+    )
     p.add_argument("paths", nargs="+", type=Path)
-    p.add_argument("--spacing-mm", type=float, nargs=2, default=None, metavar=("ROW", "COL"),
-                   help="pixel spacing for TIFF/PNG/.npy, which carry none")
+    p.add_argument(
+        "--spacing-mm",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("ROW", "COL"),
+        help="pixel spacing for TIFF/PNG/.npy, which carry none",
+    )
     p.set_defaults(func=_run_info)
 
 
@@ -249,15 +337,19 @@ def _run_info(args: argparse.Namespace) -> int:
             print(f"{path}: ERROR {exc.reason}")
             failed += 1
             continue
-        channels, height, width = scan.attenuation.shape
-        print(f"{path}: {height} x {width} px, channels {scan.channels}, spacing {scan.spacing_mm} mm, "
-              f"attenuation {scan.attenuation.min():.2f}..{scan.attenuation.max():.2f}, "
-              f"site {scan.meta.get('site')}")
+        _, height, width = scan.attenuation.shape
+        print(
+            f"{path}: {height} x {width} px, channels {scan.channels}, spacing {scan.spacing_mm} mm, "
+            f"attenuation {scan.attenuation.min():.2f}..{scan.attenuation.max():.2f}, "
+            f"site {scan.meta.get('site')}"
+        )
     return 1 if failed else 0
 
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("demo", help="the whole job on simulated data: data, train, evaluate, score")
+    p = commands.add_parser(
+        "demo", help="the whole job on simulated data: data, train, evaluate, score"
+    )
     p.add_argument("--workdir", type=Path, default=Path("."))
     p.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
     p.add_argument("--n-scans", type=int, default=300)
@@ -272,7 +364,9 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("bench", help="speed benchmarks into reports/ and MLflow (scanml.bench)")
+    p = commands.add_parser(
+        "bench", help="speed benchmarks into reports/ and MLflow (scanml.bench)"
+    )
     p.add_argument("--out", type=Path, default=Path("reports"))
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke check")
     p.set_defaults(func=_run_bench)

@@ -51,7 +51,9 @@ class ModelConfig(_Section):
         from scanml.models import SUPPORTED_ARCHITECTURES
 
         if name not in SUPPORTED_ARCHITECTURES:
-            raise ValueError(f"unknown architecture {name!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}")
+            raise ValueError(
+                f"unknown architecture {name!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
+            )
         return name
 
     @field_validator("channels")
@@ -91,7 +93,10 @@ class ThreatProjectionConfig(_Section):
     rate: float = Field(default=0.25, ge=0.0, le=1.0)
     depth: tuple[float, float] = (0.5, 1.5)
     synthetic_fraction: float = Field(
-        default=0.5, ge=0.0, le=1.0, description="share of projected threats that are generated brick stacks"
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of projected threats that are generated brick stacks",
     )
 
 
@@ -125,7 +130,9 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = Field(default=6, ge=1)
     monitor: str = "val/auroc"
     monitor_mode: Literal["max", "min"] = "max"
-    hard_negative_every: int = Field(default=2, ge=0, description="epochs between mining rounds; 0 disables")
+    hard_negative_every: int = Field(
+        default=2, ge=0, description="epochs between mining rounds; 0 disables"
+    )
     hard_negatives_per_scan: int = Field(default=8, ge=1)
     max_steps_per_epoch: int | None = Field(default=None, ge=1)
     device: str = "auto"

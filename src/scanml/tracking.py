@@ -1,0 +1,426 @@
+"""MLflow tracking that never kills a training run, and the scanml pyfunc model.
+
+Two pieces live here:
+
+- :class:`Tracker` wraps :class:`mlflow.MlflowClient` for one run. Every call
+  is bounded (a few HTTP retries with a short timeout instead of MLflow's
+  default of minutes); when the tracking server is down it warns once, keeps
+  the metrics, params and tags it could not send, and sends them when the
+  server answers again. Training goes on either way, and checkpoints never
+  depend on it.
+- :class:`ScanmlPyfunc` is the model as MLflow serves it: a table with a
+  ``path`` column in, the scores table out, through the same
+  :class:`~scanml.predict.Predictor` that ``scanml score`` uses. It is logged
+  as *code* (``pyfunc_entry.py``) plus a weights folder, so loading it never
+  unpickles anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.pyfunc import PythonModel
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from scanml.data import ScanDataset
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "LoggedModel",
+    "ScanmlPyfunc",
+    "Tracker",
+    "bound_http_retries",
+    "log_model",
+    "resolve_tracking_uri",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: The artifact folder inside a logged model that holds the weights and model.json.
+BUNDLE_ARTIFACT = "bundle"
+_PACKAGES = ("torch", "torchvision", "albumentations", "pydicom", "mlflow", "scikit-learn", "numpy")
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The configured URI, else ``$MLFLOW_TRACKING_URI``, else the local sqlite store."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def bound_http_retries(max_retries: int = 2, timeout_s: float = 10.0) -> None:
+    """Cap MLflow's HTTP retries: by default each call to a down server retries for minutes.
+
+    Values the user already exported win, so an operator can still raise them.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(timeout_s))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+@dataclass
+class Tracker:
+    """One MLflow run, tolerant of an unreachable tracking server.
+
+    Calls that fail are kept (metrics, params, tags) and replayed once the
+    server answers again; artifacts that fail are skipped with a warning
+    because they can be large and are rebuilt from checkpoints.
+    """
+
+    tracking_uri: str
+    experiment: str
+    max_retries: int = 2
+    timeout_s: float = 10.0
+    retry_after_s: float = 30.0
+    run_id: str | None = None
+    _client: MlflowClient = field(init=False, repr=False)
+    _pending: list[tuple[str, tuple[Any, ...]]] = field(
+        default_factory=list, init=False, repr=False
+    )
+    _down_since: float | None = field(default=None, init=False, repr=False)
+    _monitor: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        bound_http_retries(self.max_retries, self.timeout_s)
+        self._client = MlflowClient(self.tracking_uri)
+
+    @property
+    def available(self) -> bool:
+        return self._down_since is None
+
+    def start(
+        self,
+        *,
+        run_id: str | None = None,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> str | None:
+        """Create the run (or reopen ``run_id`` to resume it); returns its id, or None if unreachable."""
+        if run_id is not None:
+            self.run_id = run_id
+            self._guard("reopen run", lambda: self._client.update_run(run_id, status="RUNNING"))
+            return run_id
+
+        def create() -> str:
+            experiment = self._client.get_experiment_by_name(self.experiment)
+            experiment_id = (
+                experiment.experiment_id
+                if experiment
+                else self._client.create_experiment(self.experiment)
+            )
+            return self._client.create_run(
+                experiment_id, run_name=run_name, tags=dict(tags or {})
+            ).info.run_id
+
+        self.run_id = self._guard("create run", create)
+        return self.run_id
+
+    def start_system_metrics(self, sampling_interval_s: float = 10.0) -> None:
+        """CPU, memory, disk, network (and GPU where there is one) as ``system/*`` metrics."""
+        if self.run_id is None or not self.available:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        try:
+            self._monitor = SystemMetricsMonitor(
+                self.run_id,
+                sampling_interval=sampling_interval_s,
+                resume_logging=True,
+                tracking_uri=self.tracking_uri,
+            )
+            self._monitor.start()
+        except Exception as exc:  # psutil missing or the server gone: not worth stopping for
+            log.warning("system metrics are off: %s", exc)
+            self._monitor = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key, _param_value(value)) for key, value in params.items()]
+        for start in range(0, len(items), 100):  # the store takes at most 100 params a batch
+            self._replayable("log_batch", (self.run_id, [], items[start : start + 100], []))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        if items:
+            self._replayable("log_batch", (self.run_id, items, [], []))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(key, str(value)) for key, value in tags.items()]
+        self._replayable("log_batch", (self.run_id, [], [], items))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.run_id is not None:
+            self._guard(
+                f"log artifact {path}",
+                lambda: self._client.log_artifact(self.run_id, str(path), artifact_path),
+            )
+
+    def log_figure(self, figure: Figure, artifact_file: str) -> None:
+        if self.run_id is not None:
+            self._guard(
+                f"log figure {artifact_file}",
+                lambda: self._client.log_figure(self.run_id, figure, artifact_file),
+            )
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.run_id is not None:
+            self._guard(
+                f"log {artifact_file}",
+                lambda: self._client.log_text(self.run_id, text, artifact_file),
+            )
+
+    def log_dataset(self, dataset: ScanDataset, *, name: str, context: str) -> None:
+        """Record the training data as a run input, with the manifest's digest."""
+        if self.run_id is None:
+            return
+
+        def send() -> None:
+            from mlflow.entities import InputTag
+
+            frame = dataset.to_pandas()
+            ml_dataset = mlflow.data.from_pandas(
+                frame, source=str(dataset.root), name=name, digest=dataset.digest[:36]
+            )
+            tags = [InputTag(key="mlflow.data.context", value=context)]
+            self._client.log_inputs(
+                self.run_id, [mlflow.entities.DatasetInput(ml_dataset._to_mlflow_entity(), tags)]
+            )
+
+        self._guard("log dataset", send)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Stop system metrics, flush what is pending, and close the run."""
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
+        if self.run_id is None:
+            return
+        self._down_since = None  # one last honest try for whatever is pending
+        self._flush()
+        self._guard("end run", lambda: self._client.set_terminated(self.run_id, status=status))
+
+    # -- failure handling ---------------------------------------------------------------
+
+    def _replayable(self, method: str, args: tuple[Any, ...]) -> None:
+        if self.run_id is None:
+            return
+        self._pending.append((method, args))
+        self._flush()
+
+    def _flush(self) -> None:
+        if (
+            self._down_since is not None
+            and time.monotonic() - self._down_since < self.retry_after_s
+        ):
+            return
+        while self._pending:
+            method, args = self._pending[0]
+            if not self._guard(
+                method, lambda m=method, a=args: getattr(self._client, m)(*a), ok=True
+            ):
+                return
+            self._pending.pop(0)
+
+    def _guard(self, what: str, call: Callable[[], Any], *, ok: Any = None) -> Any:
+        """Run one tracking call; on failure warn (once per outage) and carry on."""
+        if (
+            self._down_since is not None
+            and time.monotonic() - self._down_since < self.retry_after_s
+        ):
+            return None
+        try:
+            result = call()
+        except Exception as exc:
+            if self._down_since is None:
+                warnings.warn(
+                    f"MLflow tracking at {self.tracking_uri} failed ({what}: {type(exc).__name__}: "
+                    f"{str(exc)[:200]}); training goes on and pending metrics are sent when it answers",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            self._down_since = time.monotonic()
+            return None
+        if self._down_since is not None:
+            log.warning("MLflow tracking at %s answers again", self.tracking_uri)
+            self._down_since = None
+        return ok if ok is not None else result
+
+
+def run_tags(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Git commit, dirty flag and package versions: what is needed to reproduce a run."""
+    tags = {f"version.{name}": _version(name) for name in ("scanml", *_PACKAGES)}
+    commit, dirty = _git_state()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git.commit"] = commit
+        tags["git.dirty"] = str(dirty).lower()
+    tags.update(extra or {})
+    return tags
+
+
+# -- the model as MLflow serves it ------------------------------------------------------
+
+
+class ScanmlPyfunc(PythonModel):
+    """A table with a ``path`` column in; the scores table's columns out.
+
+    Loading reads the weights folder logged beside the code; predicting runs
+    the same :class:`~scanml.predict.Predictor` and the same per-scan code as
+    ``scanml score``, so the two can never disagree.
+    """
+
+    def load_context(self, context: Any) -> None:
+        from scanml.models import ModelBundle
+        from scanml.predict import Predictor
+
+        self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT])
+        self.predictor = Predictor(self.bundle, device="auto")
+        self.model_uri = (context.model_config or {}).get("model_uri", "")
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ):
+        from scanml.scoring import score_paths
+
+        if "path" not in model_input.columns:
+            raise ValueError(
+                f"the input needs a 'path' column; got columns {list(model_input.columns)}"
+            )
+        return score_paths(
+            self.predictor,
+            [str(path) for path in model_input["path"]],
+            model_uri=self.model_uri,
+            threshold=self.bundle.threshold,
+        )
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    """Where a logged model can be found again."""
+
+    model_uri: str
+    registered_name: str | None
+    version: str | None
+
+    @property
+    def registry_uri(self) -> str:
+        """``models:/NAME/VERSION`` when registered, else the run's model URI."""
+        if self.registered_name and self.version:
+            return f"models:/{self.registered_name}/{self.version}"
+        return self.model_uri
+
+
+def log_model(
+    bundle_dir: str | Path,
+    *,
+    run_id: str,
+    tracking_uri: str,
+    registered_model: str | None,
+    example_paths: list[str],
+) -> LoggedModel:
+    """Log a saved model folder as a pyfunc model (code + weights, no pickle) and register it.
+
+    The signature and the input example come from scoring ``example_paths``
+    for real, so what MLflow validates is what the model returns.
+    """
+    from scanml.models import ModelBundle
+    from scanml.predict import Predictor
+    from scanml.scoring import score_paths
+
+    mlflow.set_tracking_uri(tracking_uri)
+    bundle = ModelBundle.load(bundle_dir)
+    input_example = pd.DataFrame({"path": [str(path) for path in example_paths]})
+    output_example = score_paths(
+        Predictor(bundle), list(input_example["path"]), model_uri="", threshold=bundle.threshold
+    )
+    signature = mlflow.models.infer_signature(input_example, output_example)
+    package_dir = Path(__file__).resolve().parent
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)  # input-example type notes
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(package_dir / "pyfunc_entry.py"),
+            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+            code_paths=[str(package_dir)],
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=_pip_requirements(),
+            model_config={"model_uri": f"runs:/{run_id}/model"},
+            registered_model_name=registered_model,
+            await_registration_for=60,
+        )
+    version = (
+        str(info.registered_model_version)
+        if getattr(info, "registered_model_version", None)
+        else None
+    )
+    return LoggedModel(model_uri=info.model_uri, registered_name=registered_model, version=version)
+
+
+def _pip_requirements() -> list[str]:
+    names = (
+        "torch",
+        "torchvision",
+        "albumentations",
+        "pydicom",
+        "mlflow",
+        "scikit-learn",
+        "scipy",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "safetensors",
+        "pillow",
+        "tifffile",
+        "pydantic",
+        "pyyaml",
+    )
+    return [f"{name}=={_version(name)}" for name in names if _version(name) != "unknown"]
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _git_state() -> tuple[str | None, bool]:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None, False
+    return commit or None, bool(status.strip())
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."

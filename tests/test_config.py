@@ -1,0 +1,75 @@
+"""The configuration: presets load, overrides apply, bad input is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scanml.config import Config, ConfigError, load_config, parse_overrides
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_preset_validates(preset: str) -> None:
+    config = load_config(CONFIGS / preset)
+    assert isinstance(config, Config)
+    assert config.model.spacing_mm > 0
+
+
+def test_overrides_are_typed_yaml() -> None:
+    config = load_config(
+        CONFIGS / "smoke.yaml",
+        [
+            "train.lr=3e-4",
+            "model.channels=[high, low]",
+            "data.max_val_scans=null",
+            "augment.tip.rate=0",
+        ],
+    )
+    assert config.train.lr == pytest.approx(3e-4)
+    assert config.model.channels == ["high", "low"]
+    assert config.data.max_val_scans is None
+    assert config.augment.tip.rate == 0
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"train": {"epochz": 3}}))
+    with pytest.raises(ConfigError, match=r"bad\.yaml: train\.epochz: unknown key"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("train.lr=-1", "train.lr"),
+        ("model.architecture=resnet9000", "model.architecture"),
+        ("model.channels=[high, high]", "model.channels"),
+        ("data.val_fraction=0.7", "data"),
+        ("train.epochs=zero", "train.epochs"),
+        ("nosuchsection.key=1", "nosuchsection"),
+    ],
+)
+def test_bad_values_are_named(override: str, field: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(CONFIGS / "smoke.yaml", [override])
+    assert field in str(caught.value)
+
+
+def test_malformed_override_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
+        parse_overrides(["train.lr"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_flat_params_and_round_trip(tmp_path: Path) -> None:
+    config = load_config(CONFIGS / "default.yaml")
+    flat = config.flat()
+    assert flat["model.architecture"] == "resnet18"
+    assert flat["augment.tip.rate"] == config.augment.tip.rate
+    saved = config.save(tmp_path / "resolved.yaml")
+    assert load_config(saved) == config
