@@ -32,6 +32,7 @@ file stores mirrored values and sign -1.
 from __future__ import annotations
 
 import datetime
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -97,14 +98,17 @@ def read_dicom(path: Path, *, max_bytes: int) -> DecodedImage:
     """
     check_file_size(path, max_bytes)
     try:
-        dataset = pydicom.dcmread(path)
+        # From memory, not from the file: a forged element length makes
+        # pydicom ask the file object for gigabytes, which a real file
+        # allocates up front and an in-memory buffer does not.
+        dataset = pydicom.dcmread(io.BytesIO(path.read_bytes()))
     except InvalidDicomError as exc:
         raise ScanReadError(path, f"not a DICOM file ({exc})") from exc
     geometry = _ImageGeometry.of(path, dataset)
     check_declared_size(path, geometry.shape, max(geometry.bytes_per_value, 4), max_bytes)
     _require_decoder(path, dataset)
     intensity = _IntensityEncoding.of(path, dataset, geometry.photometric)
-    stored = dataset.pixel_array.reshape(geometry.shape)
+    stored = _decode_pixels(path, dataset).reshape(geometry.shape)
     attenuation, full_scale = _to_attenuation(path, stored, dataset, geometry, intensity)
     spacing, spacing_source = _file_spacing(path, dataset)
     meta = {
@@ -203,12 +207,16 @@ class _ImageGeometry:
     @classmethod
     def of(cls, path: Path, dataset: Dataset) -> _ImageGeometry:
         if "PixelData" not in dataset:
-            kind = (
-                "float pixel data, which is not a scanner's output"
-                if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset
-                else "no PixelData: it is not an image"
-            )
-            raise ScanReadError(path, f"the DICOM file has {kind}")
+            if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
+                reason = "the DICOM file has float pixel data, which is no scanner's output"
+            elif "Rows" in dataset:
+                reason = (
+                    f"the DICOM file declares a {dataset.Rows} x {dataset.get('Columns')} image"
+                    " but has no PixelData: it is truncated, or not an image"
+                )
+            else:
+                reason = "the DICOM file has no PixelData: it is not an image"
+            raise ScanReadError(path, reason)
         photometric = str(dataset.get("PhotometricInterpretation", "")).strip()
         samples = _integer(path, dataset, "SamplesPerPixel", default=1)
         if photometric not in ("MONOCHROME1", "MONOCHROME2") or samples != 1:
@@ -337,6 +345,21 @@ def _require_decoder(path: Path, dataset: Dataset) -> None:
         )
 
 
+def _decode_pixels(path: Path, dataset: Dataset) -> np.ndarray:
+    """Decode now: a truncated or corrupt file only fails here."""
+    try:
+        return dataset.pixel_array
+    except Exception as exc:
+        missing = get_decoder(dataset.file_meta.TransferSyntaxUID).missing_dependencies
+        hint = (
+            "; the optional 'jpeg' extra (pip install 'scanml[jpeg]') adds decoders for more"
+            " JPEG variants"
+            if any(dependency.startswith("pylibjpeg") for dependency in missing)
+            else ""
+        )
+        raise ScanReadError(path, f"the pixel data cannot be decoded ({exc}){hint}") from exc
+
+
 def _file_spacing(path: Path, dataset: Dataset) -> tuple[tuple[float, float] | None, str]:
     """(row, column) mm per pixel from PixelSpacing, else ImagerPixelSpacing."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
@@ -428,10 +451,11 @@ def _encode_values(
     else:
         slope = 2.0 ** (LOG_RANGE_EXPONENT - bits)
         counts = attenuation / slope
+    # Round before mirroring, so that both signs store exactly mirrored values.
+    counts = np.clip(np.rint(counts), 0, full_scale)
     if sign != NATURAL_SIGN[encoding]:
         counts = full_scale - counts
-    dtype = np.uint8 if bits == 8 else np.uint16
-    return np.clip(np.rint(counts), 0, full_scale).astype(dtype), slope
+    return counts.astype(np.uint8 if bits == 8 else np.uint16), slope
 
 
 def _dicos_dx_dataset(scan: Scan, syntax: UID) -> Dataset:

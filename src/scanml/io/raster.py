@@ -9,6 +9,7 @@ so the caller supplies it. A TIFF holds one page per energy channel.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ from scanml.io.scan import DecodedImage, Scan
 
 # More pages than this is a stack or a hostile file, not energy channels.
 MAX_TIFF_PAGES = 8
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # Pillow modes of single-channel PNGs, with the full scale of their samples.
 PNG_FULL_SCALE = {"L": 255, "I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I": 65535}
@@ -57,12 +60,13 @@ def read_tiff(path: Path, *, max_bytes: int) -> DecodedImage:
 def read_png(path: Path, *, max_bytes: int) -> DecodedImage:
     """Read a single-channel 8- or 16-bit PNG, checking the header's size first."""
     check_file_size(path, max_bytes)
+    width, height = _png_dimensions(path)
+    check_declared_size(path, (1, height, width), 4, max_bytes)
     with Image.open(path, formats=["PNG"]) as image:
         if image.mode not in PNG_FULL_SCALE:
             raise ScanReadError(
                 path, f"PNG mode {image.mode!r}: only single-channel grey PNGs are scans"
             )
-        check_declared_size(path, (1, image.height, image.width), 4, max_bytes)
         samples = np.asarray(image)
     if image.mode == "I":
         samples = samples.astype(np.uint16)
@@ -86,6 +90,20 @@ def write_png(scan: Scan, path: Path) -> None:
     if len(scan.channels) != 1:
         raise ValueError(f"a PNG holds one channel, the scan has {len(scan.channels)}: use TIFF")
     Image.fromarray(_transmission_counts(scan)[0]).save(path, format="PNG")
+
+
+def _png_dimensions(path: Path) -> tuple[int, int]:
+    """Width and height from the IHDR chunk, which the PNG standard puts first.
+
+    Read here rather than trusted to Pillow, whose decompression-bomb limit
+    (about 179 megapixels) knows nothing of this reader's memory budget.
+    """
+    with path.open("rb") as stream:
+        head = stream.read(24)
+    if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise ScanReadError(path, "not a PNG file: no PNG signature followed by IHDR")
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height
 
 
 def _tiff_pages(path: Path, tiff: tifffile.TiffFile) -> list[tifffile.TiffPage]:
