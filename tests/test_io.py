@@ -229,6 +229,7 @@ def test_read_fills_the_documented_meta(scan: Scan, tmp_path: Path) -> None:
     assert meta["sop_class_uid"] == DICOS_DX and meta["modality"] == "DX"
     assert meta["spacing_source"] == "PixelSpacing"
     assert meta["bits_stored"] == 16 and meta["full_scale"] == pytest.approx(65535 * 2.0**-12)
+    assert (meta["rescale_slope"], meta["rescale_intercept"]) == (2.0**-12, 0.0)
     assert read_scan(path, site="rotterdam").meta["site"] == "rotterdam"
 
 

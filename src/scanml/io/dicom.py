@@ -127,6 +127,8 @@ def read_dicom(path: Path, *, max_bytes: int) -> DecodedImage:
         "encoding_assumed": intensity.relationship_assumed,
         "sign_assumed": intensity.sign_assumed,
         "bits_stored": geometry.bits_stored,
+        "rescale_slope": _number(dataset, "RescaleSlope", 1.0),
+        "rescale_intercept": _number(dataset, "RescaleIntercept", 0.0),
         "full_scale": full_scale,
         "spacing_source": spacing_source,
     }
@@ -316,11 +318,11 @@ def _modality_output(stored: np.ndarray, dataset: Dataset) -> np.ndarray:
     if "ModalityLUTSequence" in dataset:
         return np.asarray(apply_modality_lut(stored, dataset), dtype=np.float32)
     values = stored.astype(np.float32)
-    slope = dataset.get("RescaleSlope")
-    intercept = dataset.get("RescaleIntercept")
-    if slope not in (None, ""):
+    slope = _number(dataset, "RescaleSlope", 1.0)
+    intercept = _number(dataset, "RescaleIntercept", 0.0)
+    if slope != 1.0:
         values *= np.float32(slope)
-    if intercept not in (None, ""):
+    if intercept != 0.0:
         values += np.float32(intercept)
     return values
 
@@ -396,6 +398,11 @@ def _integer(path: Path, dataset: Dataset, keyword: str, default: int | None = N
         return int(value)
     except (TypeError, ValueError) as exc:
         raise ScanReadError(path, f"{keyword} {value!r} is not an integer") from exc
+
+
+def _number(dataset: Dataset, keyword: str, default: float) -> float:
+    value = dataset.get(keyword)
+    return default if value in (None, "") else float(value)
 
 
 def _text(dataset: Dataset, keyword: str) -> str | None:

@@ -53,8 +53,18 @@ def read_scan(
     it stores; ``site`` overrides the file's. Attenuation below 0 (T > 1,
     photon noise over open beam) is clipped to 0, so 0 is always air.
 
-    Raises ScanReadError, and no other exception, for any file that cannot
-    be read; ValueError for invalid arguments.
+    ``meta`` always holds ``path``, ``format`` (dicom, tiff, png, npy),
+    ``scan_id`` (DICOM SeriesDescription, else the file's stem), ``site``
+    (DICOM InstitutionName, else None), ``spacing_source`` and ``encoding``
+    (LIN, LOG or ATTENUATION); LIN/LOG files add ``sign`` and
+    ``full_scale``; DICOM adds its UIDs, modality, transfer syntax,
+    photometric interpretation, bits stored, rescale slope/intercept and
+    whether the relationship or sign was assumed.
+
+    ``max_bytes`` bounds the decoded image (the larger of its stored values
+    and its float32 attenuation) and the file size; both are checked before
+    decoding. Raises ScanReadError, and no other exception, for any file
+    that cannot be read; ValueError for invalid arguments.
     """
     path = Path(path)
     fallback_spacing = _spacing_argument(spacing_mm)
