@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from pydicom.uid import ExplicitVRLittleEndian
@@ -17,10 +17,15 @@ from scanml.io.raster import read_png, read_tiff, write_png, write_tiff
 from scanml.io.scan import DecodedImage, Scan
 
 # Decoded images larger than this are refused unread: 1 GiB holds a
-# 25-megapixel dual-energy scan in float32 ten times over.
+# 25-megapixel dual-energy scan in float32 five times over.
 DEFAULT_MAX_BYTES = 1 << 30
 
-Reader = Callable[..., DecodedImage]
+
+class Reader(Protocol):
+    """One format's reader: decode the file, checking sizes against the budget first."""
+
+    def __call__(self, path: Path, *, max_bytes: int) -> DecodedImage: ...
+
 
 _READERS: dict[str, Reader] = {
     ".dcm": read_dicom,
