@@ -1,0 +1,621 @@
+"""The network and its bundle on disk.
+
+A scanml model is a torchvision backbone whose global pooling and classifier
+are replaced by a 1x1 convolution on the last feature map, so that it yields
+a logit for every location of the scan: dense logits ``[N, 1 + K, h, w]``,
+channel 0 the anomaly logit and channels 1..K the category logits. A tile's
+logit is the mean of its dense logits (:meth:`DenseLogitNet.tile_logits`),
+so the network trains on tiles and scores a whole scan in one
+fully-convolutional pass (:mod:`scanml.predict`) without being a different
+network in the two places.
+
+A :class:`ModelBundle` is that network plus everything scoring needs to
+reproduce training (preprocessing, class names, thresholds). On disk it is a
+folder with ``model.safetensors`` (tensors only) and ``model.json``
+(everything else): loading never unpickles anything, so a model received
+from another agency cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import urllib.parse
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.func import functional_call
+
+from scanml import __version__
+from scanml.preprocess import Preprocessing
+
+__all__ = [
+    "SUPPORTED_ARCHITECTURES",
+    "DenseLogitNet",
+    "ModelBundle",
+    "OutputGrid",
+    "create_model",
+]
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model.json"
+_BUNDLE_FORMAT = "scanml-model-bundle"
+_BUNDLE_FORMAT_VERSION = 1
+
+# The anomaly logit's initial bias: sigmoid(-4) = 0.018, about the share of
+# anomalous locations. With a 0 bias every one of the many clean locations
+# would start at p = 0.5 and their loss would swamp the first updates (the
+# RetinaNet prior of Lin et al., 2017); and an untrained model's scan score,
+# the maximum over thousands of locations, would sit at 1 for every scan.
+ANOMALY_PRIOR_LOGIT = -4.0
+
+
+def create_model(
+    name: str,
+    in_channels: int,
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    num_categories: int = 4,
+    output_stride: int = 32,
+) -> DenseLogitNet:
+    """A dense-logit network over torchvision's ``name`` taking ``in_channels`` energy channels.
+
+    ``weights`` (never downloaded: scanners' networks are offline):
+
+    - ``None``: random initialisation;
+    - a torchvision weights name of ``name`` (``"DEFAULT"``, ``"IMAGENET1K_V1"``,
+      ``"ResNet18_Weights.IMAGENET1K_V1"``), read from the local torch hub
+      cache (``torch.hub.get_dir()/checkpoints``); when the file is missing the
+      error names where to put it and where to fetch it;
+    - a ``.safetensors`` file, or a ``.pt``/``.pth`` state dict (read with
+      ``weights_only=True``; a training checkpoint's ``"model"`` entry is
+      used), holding a torchvision classifier or a :class:`DenseLogitNet`;
+    - a model bundle folder or an MLflow model URI (``runs:/...``,
+      ``models:/NAME/VERSION``, ``models:/NAME@alias``), to fine-tune a model
+      another site trained.
+
+    Weights made for another number of input channels are adapted (see
+    :func:`_adapt_first_conv`); a head made for another number of categories
+    is left at its initialisation. ``output_stride`` 16 or 8 trades the last
+    strides of a ResNet for dilation: a finer heat map for 4x or 16x the
+    compute of the last stages.
+    """
+    if name not in _FAMILIES:
+        raise ValueError(
+            f"unknown architecture {name!r}; supported: {list(SUPPORTED_ARCHITECTURES)}"
+        )
+    if in_channels < 1 or num_categories < 1:
+        raise ValueError(
+            f"need at least one input channel and one category, got {in_channels} and {num_categories}"
+        )
+    family = _FAMILIES[name]
+    backbone = nn.Sequential(
+        OrderedDict(family.feature_layers(torchvision.models.get_model(name, weights=None)))
+    )
+    _dilate(backbone, name, output_stride)
+    _replace_first_conv(backbone, family.first_conv, in_channels)
+    grid, feature_channels = _probe(backbone, in_channels)
+    network = DenseLogitNet(
+        backbone,
+        architecture=name,
+        in_channels=in_channels,
+        feature_channels=feature_channels,
+        num_categories=num_categories,
+        grid=grid,
+    )
+    if weights is not None:
+        state, source = _read_weights(name, os.fspath(weights))
+        _load_weights(network, state, source)
+    return network
+
+
+@dataclass(frozen=True)
+class OutputGrid:
+    """Where a network's output cells sit on its input grid.
+
+    Cell ``i`` (along either axis) is centred at input coordinate
+    ``offset + stride * i`` (continuous coordinates, pixel edges at
+    integers) and depends on at most the ``receptive_field`` input pixels
+    around that centre. ResNets centre cell 0 on the first pixel (offset
+    0.5), ConvNeXt's patchifying stem on its first patch (offset stride/2):
+    heat maps and boxes are placed with this, not with an assumed convention.
+    """
+
+    stride: int
+    offset: float
+    receptive_field: int
+
+
+class DenseLogitNet(nn.Module):
+    """A feature extractor and a 1x1 convolution: dense logits ``[N, 1 + K, h, w]``.
+
+    Input: float32 ``[N, C, H, W]`` physical log-attenuation in [0, 1] (see
+    :func:`scanml.preprocess.prepare`). The network standardises it with one
+    fixed affine, ImageNet's per-channel mean and std averaged over RGB, so
+    that pretrained filters (whose RGB weights are averaged into each
+    channel) see inputs in the range they were trained on. The affine is a
+    constant, not a statistic of the image, for the same reason the
+    attenuation scale is: density differences between scans must survive.
+
+    Build with :func:`create_model`.
+    """
+
+    INPUT_MEAN = 0.449
+    INPUT_STD = 0.226
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        architecture: str,
+        in_channels: int,
+        feature_channels: int,
+        num_categories: int,
+        grid: OutputGrid,
+    ) -> None:
+        super().__init__()
+        self.architecture = architecture
+        self.in_channels = in_channels
+        self.num_categories = num_categories
+        self.grid = grid
+        self.backbone = backbone
+        self.head = nn.Conv2d(feature_channels, 1 + num_categories, kernel_size=1)
+        nn.init.normal_(self.head.weight, std=0.01)
+        with torch.no_grad():
+            self.head.bias.zero_()
+            self.head.bias[0] = ANOMALY_PRIOR_LOGIT
+
+    @property
+    def output_stride(self) -> int:
+        """Input pixels per output cell."""
+        return self.grid.stride
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Dense logits ``[N, 1 + K, h, w]`` for images ``[N, C, H, W]`` in [0, 1]."""
+        return self.head(self.backbone((images - self.INPUT_MEAN) / self.INPUT_STD))
+
+    @staticmethod
+    def tile_logits(dense_logits: torch.Tensor) -> torch.Tensor:
+        """A tile's anomaly logit ``[N]``: the mean of its dense anomaly logits."""
+        return dense_logits[:, 0].mean(dim=(-2, -1))
+
+    @staticmethod
+    def tile_category_logits(dense_logits: torch.Tensor) -> torch.Tensor:
+        """A tile's category logits ``[N, K]``: the mean of its dense category logits."""
+        return dense_logits[:, 1:].mean(dim=(-2, -1))
+
+
+@dataclass
+class ModelBundle:
+    """A network with everything needed to score exactly as it was validated.
+
+    ``threshold`` is the scan-level decision threshold on the score
+    (calibrated at a target false-alarm rate), ``region_threshold`` the heat
+    map level at which regions are cut, ``class_names`` the K categories in
+    the order of the network's category logits. ``metadata`` is free-form
+    JSON (training run id, data, ...).
+    """
+
+    network: DenseLogitNet
+    architecture: str
+    preprocessing: Preprocessing
+    class_names: list[str]
+    threshold: float = 0.5
+    region_threshold: float = 0.5
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.class_names = list(self.class_names)
+        if self.architecture != self.network.architecture:
+            raise ValueError(
+                f"architecture {self.architecture!r} but the network is {self.network.architecture!r}"
+            )
+        if len(self.preprocessing.channels) != self.network.in_channels:
+            raise ValueError(
+                f"preprocessing reads channels {list(self.preprocessing.channels)} but the "
+                f"network takes {self.network.in_channels}"
+            )
+        if len(self.class_names) != self.network.num_categories:
+            raise ValueError(
+                f"{len(self.class_names)} class names for {self.network.num_categories} categories"
+            )
+
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``model.safetensors`` and ``model.json`` into ``folder``; returns the folder.
+
+        Each file is written under a temporary name and renamed, weights
+        first, so a killed job never leaves a folder that loads half-written.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            key: value.detach().to("cpu").contiguous()
+            for key, value in self.network.state_dict().items()
+        }
+        _write_atomically(folder / WEIGHTS_FILE, lambda path: save_file(tensors, path))
+        config = {
+            "format": _BUNDLE_FORMAT,
+            "format_version": _BUNDLE_FORMAT_VERSION,
+            "scanml_version": __version__,
+            "architecture": self.architecture,
+            "output_stride": self.network.output_stride,
+            "preprocessing": self.preprocessing.to_dict(),
+            "class_names": self.class_names,
+            "threshold": self.threshold,
+            "region_threshold": self.region_threshold,
+            "metadata": self.metadata,
+        }
+        text = json.dumps(config, indent=2) + "\n"
+        _write_atomically(folder / CONFIG_FILE, lambda path: path.write_text(text))
+        return folder
+
+    @classmethod
+    def load(
+        cls, folder_or_uri: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+    ) -> ModelBundle:
+        """Read a bundle folder, or the bundle inside an MLflow model (``runs:/``, ``models:/``).
+
+        The network is rebuilt from its architecture and the tensors are
+        loaded into it: no pickled module, no code from the file.
+        """
+        folder = _bundle_folder(os.fspath(folder_or_uri))
+        config = _read_bundle_config(folder)
+        preprocessing = Preprocessing.from_dict(config["preprocessing"])
+        network = create_model(
+            config["architecture"],
+            len(preprocessing.channels),
+            num_categories=len(config["class_names"]),
+            output_stride=int(config["output_stride"]),
+        )
+        network.load_state_dict(load_file(folder / WEIGHTS_FILE))
+        return cls(
+            network=network.to(map_location),
+            architecture=config["architecture"],
+            preprocessing=preprocessing,
+            class_names=config["class_names"],
+            threshold=float(config["threshold"]),
+            region_threshold=float(config["region_threshold"]),
+            metadata=config.get("metadata", {}),
+        )
+
+
+# -- the architectures --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Family:
+    """How to cut one family of torchvision classifiers into a dense feature extractor.
+
+    ``feature_layers`` picks the layers up to the last feature map, under
+    their torchvision names, so a torchvision state dict loads into them
+    unchanged; ``first_conv`` is the path of the input convolution among
+    them; ``dilatable`` lists the stages whose stride can become dilation.
+    """
+
+    feature_layers: Callable[[nn.Module], list[tuple[str, nn.Module]]]
+    first_conv: str
+    dilatable: tuple[str, ...] = ()
+
+
+def _resnet_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    return [(name, getattr(model, name)) for name in names]
+
+
+def _features_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [("features", model.features)]
+
+
+def _convnext_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    # ConvNeXt normalises its last feature map inside the classifier. That
+    # LayerNorm2d acts per location, so it belongs to a dense network; it
+    # keeps its torchvision name (classifier.0) so pretrained weights load.
+    return [("features", model.features), ("classifier", nn.Sequential(model.classifier[0]))]
+
+
+def _regnet_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [("stem", model.stem), ("trunk_output", model.trunk_output)]
+
+
+_RESNET = _Family(_resnet_layers, "conv1", dilatable=("layer3", "layer4"))
+_FEATURES = _Family(_features_layers, "features.0.0")
+_CONVNEXT = _Family(_convnext_layers, "features.0.0")
+_REGNET = _Family(_regnet_layers, "stem.0")
+
+_FAMILIES: dict[str, _Family] = {
+    "resnet18": _RESNET,
+    "resnet34": _RESNET,
+    "resnet50": _RESNET,
+    "resnet101": _RESNET,
+    "resnext50_32x4d": _RESNET,
+    "wide_resnet50_2": _RESNET,
+    "convnext_tiny": _CONVNEXT,
+    "convnext_small": _CONVNEXT,
+    "regnet_x_400mf": _REGNET,
+    "regnet_y_400mf": _REGNET,
+    "efficientnet_b0": _FEATURES,
+    "efficientnet_b1": _FEATURES,
+    "efficientnet_v2_s": _FEATURES,
+    "mobilenet_v2": _FEATURES,
+    "mobilenet_v3_small": _FEATURES,
+    "mobilenet_v3_large": _FEATURES,
+}
+
+# Architectures create_model builds. The ResNets, ConvNeXts and regnet_x
+# are strictly local: a location's logit depends only on its receptive
+# field, so scoring a tile and scoring a whole scan agree exactly. The
+# EfficientNets, MobileNetV3s and regnet_y use squeeze-and-excitation,
+# whose gates average each feature map over the whole input: their dense
+# logits depend a little on everything else in the tile or scan.
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(_FAMILIES)
+
+
+def _dilate(backbone: nn.Sequential, name: str, output_stride: int) -> None:
+    """Trade the strides of the last stages for dilation, as DeepLab does.
+
+    The same surgery as torchvision's ``replace_stride_with_dilation``
+    (strides to 1; the stage's first block keeps the previous dilation, the
+    others get the new one), done on the convolutions themselves so that it
+    also works for the basic-block ResNets torchvision refuses to dilate.
+    """
+    dilatable = _FAMILIES[name].dilatable
+    choices = [32 >> n for n in range(len(dilatable) + 1)]
+    if output_stride not in choices:
+        raise ValueError(f"{name} supports output_stride {choices}, got {output_stride}")
+    previous = 1
+    for stage_name in dilatable[len(dilatable) - choices.index(output_stride) :]:
+        dilation = previous * 2
+        for index, block in enumerate(backbone.get_submodule(stage_name)):
+            block_dilation = previous if index == 0 else dilation
+            for conv in block.modules():
+                if isinstance(conv, nn.Conv2d):
+                    conv.stride = (1, 1)
+                    if conv.kernel_size[0] > 1:
+                        conv.dilation = (block_dilation, block_dilation)
+                        conv.padding = (block_dilation, block_dilation)
+        previous = dilation
+
+
+def _replace_first_conv(backbone: nn.Module, path: str, in_channels: int) -> None:
+    """Swap the input convolution for one taking ``in_channels``, its weights adapted."""
+    parent_path, _, attribute = path.rpartition(".")
+    parent = backbone.get_submodule(parent_path)
+    old = getattr(parent, attribute)
+    new = nn.Conv2d(
+        in_channels,
+        old.out_channels,
+        old.kernel_size,
+        stride=old.stride,
+        padding=old.padding,
+        dilation=old.dilation,
+        groups=old.groups,
+        bias=old.bias is not None,
+    )
+    with torch.no_grad():
+        new.weight.copy_(_adapt_first_conv(old.weight, in_channels))
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    setattr(parent, attribute, new)
+
+
+def _adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Input-convolution weights ``[O, C_in, k, k]`` made for ``in_channels`` inputs.
+
+    Each new channel gets the sum of the old filters divided by the new
+    channel count (the RGB mean scaled by 3/C), so an image with the same
+    value in every channel (grey, or a dual-energy pair over air) gives the
+    same response as before: what the pretrained network learned about
+    intensity patterns carries over unchanged. A no-op when counts match.
+    """
+    if weight.shape[1] == in_channels:
+        return weight
+    return weight.sum(dim=1, keepdim=True).div(in_channels).repeat(1, in_channels, 1, 1)
+
+
+def _probe(backbone: nn.Module, in_channels: int) -> tuple[OutputGrid, int]:
+    """The backbone's output grid and feature width, read off its layers.
+
+    One forward pass on the meta device (shapes only: no memory, no
+    arithmetic) records every convolution and pooling in execution order.
+    With ``jump`` the input stride of a layer (kernel k, stride s, padding
+    p, dilation d), the receptive field grows by ``(k - 1) * d * jump`` and
+    cell 0's centre moves by ``((k - 1) * d / 2 - p) * jump`` (Araujo et al.,
+    Distill 2019). A layer's jump is looked up by the size of its input, so
+    the 1x1 shortcut projections that run beside a residual block's main
+    path count neither twice nor in the wrong place. Pointwise layers,
+    squeeze-excitation's among them, are skipped: they add no extent.
+    """
+    size = 1024
+    layers: list[tuple[nn.Module, int, int]] = []
+
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        layers.append((module, inputs[0].shape[-1], output.shape[-1]))
+
+    hooks = [
+        module.register_forward_hook(record)
+        for module in backbone.modules()
+        if isinstance(module, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d)
+    ]
+    tensors = {
+        key: torch.empty_like(value, device="meta")
+        for key, value in (*backbone.named_parameters(), *backbone.named_buffers())
+    }
+    try:
+        output = functional_call(
+            backbone, tensors, (torch.empty(1, in_channels, size, size, device="meta"),)
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    jumps, receptive_field, centre = {size: 1}, 1, 0.0
+    for module, size_in, size_out in layers:
+        kernel, stride, padding, dilation = (
+            _first(getattr(module, attribute, 1))
+            for attribute in ("kernel_size", "stride", "padding", "dilation")
+        )
+        if kernel == 1 and stride == 1:
+            continue
+        jump = jumps[size_in]
+        jumps[size_out] = jump * stride
+        receptive_field += (kernel - 1) * dilation * jump
+        centre += ((kernel - 1) * dilation / 2 - padding) * jump
+    grid = OutputGrid(
+        stride=jumps[output.shape[-1]], offset=centre + 0.5, receptive_field=receptive_field
+    )
+    return grid, output.shape[1]
+
+
+def _first(value: int | tuple[int, ...]) -> int:
+    """One axis of a square kernel, stride or padding (given as an int or a pair)."""
+    return value[0] if isinstance(value, tuple) else value
+
+
+# -- reading weights ----------------------------------------------------------------------
+
+
+def _read_weights(name: str, weights: str) -> tuple[Mapping[str, torch.Tensor], str]:
+    """A state dict from any of :func:`create_model`'s weight sources, and a name for errors."""
+    if _is_uri(weights) or Path(weights).is_dir():
+        folder = _bundle_folder(weights)
+        architecture = _read_bundle_config(folder)["architecture"]
+        if architecture != name:
+            raise ValueError(f"{weights} holds a {architecture} model, not {name}")
+        return load_file(folder / WEIGHTS_FILE), weights
+    if Path(weights).is_file():
+        return _read_state_dict(Path(weights)), weights
+    return _torchvision_weights(name, weights)
+
+
+def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    """Tensors from a ``.safetensors`` file or a ``.pt``/``.pth`` file (no arbitrary unpickling)."""
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    # A training checkpoint keeps the weights beside the optimizer's state.
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping) or not all(
+        isinstance(value, torch.Tensor) for value in state.values()
+    ):
+        raise ValueError(f"{path} is not a state dict (a mapping of names to tensors)")
+    return state
+
+
+def _torchvision_weights(name: str, weights: str) -> tuple[Mapping[str, torch.Tensor], str]:
+    """A torchvision weight of ``name`` from the local torch hub cache, never from the network."""
+    choices = torchvision.models.get_model_weights(name)
+    try:
+        weight = choices.verify(weights)
+    except KeyError:
+        raise ValueError(
+            f"weights={weights!r} is neither a file, a model folder, an MLflow model URI nor a "
+            f"torchvision weight of {name} (one of {[w.name for w in choices]} or 'DEFAULT')"
+        ) from None
+    file_name = Path(urllib.parse.urlparse(weight.url).path).name
+    path = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{choices.__name__}.{weight.name} is not in the local torch hub cache: place the "
+            f"file at {path} (fetch {weight.url} on a connected machine; scanml never downloads)"
+        )
+    return torch.load(path, map_location="cpu", weights_only=True), str(path)
+
+
+def _load_weights(network: DenseLogitNet, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load a torchvision classifier's or a DenseLogitNet's weights into ``network``.
+
+    A DenseLogitNet's state (another site's model) has ``backbone.`` and
+    ``head.`` keys; a torchvision classifier's has its layers' own names,
+    of which the pooling and classifier have no place here.
+    """
+    state = {key.removeprefix("module."): value for key, value in state.items()}  # DDP saves
+    if any(key.startswith("head.") for key in state):
+        backbone_state = {
+            k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")
+        }
+        head_state = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
+    else:
+        wanted = network.backbone.state_dict().keys()
+        backbone_state = {key: value for key, value in state.items() if key in wanted}
+        head_state = {}
+    conv_key = f"{_FAMILIES[network.architecture].first_conv}.weight"
+    if conv_key in backbone_state:
+        backbone_state[conv_key] = _adapt_first_conv(backbone_state[conv_key], network.in_channels)
+    try:
+        network.backbone.load_state_dict(backbone_state)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{source} does not hold {network.architecture} weights: {error}"
+        ) from None
+    if head_state and head_state["weight"].shape == network.head.weight.shape:
+        network.head.load_state_dict(head_state)
+    elif head_state:
+        log.warning(
+            "%s has %d categories, the new model %d: its head is not loaded",
+            source,
+            head_state["weight"].shape[0] - 1,
+            network.num_categories,
+        )
+
+
+# -- bundle folders -----------------------------------------------------------------------
+
+
+def _is_uri(text: str) -> bool:
+    """``runs:/``, ``models:/``, ``s3://``...; a scheme of two letters or more, so not ``C:/``."""
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", text) is not None
+
+
+def _bundle_folder(source: str) -> Path:
+    """The folder holding ``model.json``: ``source`` itself, or the one bundle found inside it.
+
+    MLflow URIs are downloaded first. A logged pyfunc model keeps the bundle
+    in an artifact folder (``artifacts/bundle/``), hence the search.
+    """
+    if _is_uri(source):
+        import mlflow.artifacts  # slow to import; only URIs need it
+
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+    else:
+        root = Path(source)
+    if root.is_file():
+        root = root.parent
+    if (root / CONFIG_FILE).is_file():
+        return root
+    found = sorted(path.parent for path in root.rglob(CONFIG_FILE))
+    if len(found) != 1:
+        raise FileNotFoundError(
+            f"{source}: expected one scanml model folder ({CONFIG_FILE} + {WEIGHTS_FILE}) "
+            f"in {root}, found {len(found)}{': ' + ', '.join(map(str, found)) if found else ''}"
+        )
+    return found[0]
+
+
+def _read_bundle_config(folder: Path) -> dict[str, Any]:
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    if (
+        config.get("format") != _BUNDLE_FORMAT
+        or config.get("format_version", 0) > _BUNDLE_FORMAT_VERSION
+    ):
+        raise ValueError(
+            f"{folder / CONFIG_FILE} is not a scanml model bundle this version can read "
+            f"(format {config.get('format')!r}, version {config.get('format_version')!r})"
+        )
+    return config
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    write(partial)
+    os.replace(partial, path)
