@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,8 @@ def test_projector_turns_clean_tiles_positive_and_leaves_positives_alone() -> No
         assert np.all(thin | thick) and thin.any() and thick.any()
     positive = make_tile(0.2, label=1)
     assert projector(positive, rng) is positive
+    mined = replace(make_tile(0.2), source="hard")
+    assert projector(mined, rng) is mined
     assert ThreatProjector([brick()], rate=0.0)(make_tile(), rng).label == 0
 
 

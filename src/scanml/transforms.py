@@ -162,7 +162,9 @@ class ThreatProjector:
     ``generated`` brick stacks from the simulator, drawn with probability
     ``synthetic_fraction`` when both pools hold objects. The tile becomes
     positive: label 1, its mask set over the object's rectangle, its
-    category the object's, its source ``"tip"``.
+    category the object's, its source ``"tip"``. Mined hard negatives
+    (source ``"hard"``) are left alone: they are the scarce examples of what
+    the current model mistakes for a threat.
     """
 
     def __init__(
@@ -229,7 +231,7 @@ class ThreatProjector:
         )
 
     def __call__(self, tile: Tile, rng: np.random.Generator) -> Tile:
-        if tile.label != 0 or rng.random() >= self.rate:
+        if tile.label != 0 or tile.source == "hard" or rng.random() >= self.rate:
             return tile
         pool = self.generated if rng.random() < self.synthetic_fraction else self.objects
         threat = pool[rng.integers(len(pool))]
