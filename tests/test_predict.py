@@ -9,7 +9,7 @@ from torch import nn
 
 from scanml.io import Scan
 from scanml.models import DenseLogitNet, ModelBundle, OutputGrid, create_model
-from scanml.predict import Predictor
+from scanml.predict import Predictor, inference_benchmark
 from scanml.preprocess import Preprocessing
 
 CLASSES = ["drugs", "weapon", "cigarettes", "other"]
@@ -154,3 +154,12 @@ def test_bfloat16_autocast_keeps_the_regions() -> None:
         (r.x, r.y, r.w, r.h) for r in exact.regions
     ]
     assert fast.score == pytest.approx(exact.score, abs=1e-2)
+
+
+def test_inference_benchmark_reports_what_scanml_bench_prints() -> None:
+    [row] = inference_benchmark("mobilenet_v3_small", quick=True, scans_m={"tiny": (1.0, 0.5)})
+
+    assert row["scan"] == "tiny" and row["pixels"] == "125 x 62" and row["windows"] == 4 * 2
+    for key in ("whole_scans_per_s", "whole_megapixels_per_s", "window_scans_per_s", "speedup"):
+        assert row[key] > 0
+    assert row["flops_per_s"] > 0 and row["gflop_per_scan"] > 0

@@ -20,27 +20,32 @@ Outputs, in the scan's own pixels (the model grid exists only inside):
   square;
 - ``regions``: the connected components of the dense probability map at
   the bundle's ``region_threshold``, as boxes.
+
+:func:`inference_benchmark` measures the point of it all: whole-scan
+inference against the naive sliding window (``scanml bench`` and
+``benchmarks/bench_inference.py`` report it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage
+from torch.utils.flop_counter import FlopCounterMode
 
-from scanml.models import ModelBundle, OutputGrid
-from scanml.preprocess import prepare, scale_box
+from scanml.io import Scan
+from scanml.models import ModelBundle, OutputGrid, create_model
+from scanml.preprocess import Preprocessing, prepare, scale_box
 
-if TYPE_CHECKING:
-    from scanml.io import Scan
-
-__all__ = ["Prediction", "Predictor", "Region"]
+__all__ = ["Prediction", "Predictor", "Region", "inference_benchmark"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ class Prediction:
     """One scan's result; every coordinate is in the scan's pixels (x = column, y = row)."""
 
     score: float  # max anomaly probability over the scan
-    flagged: bool  # score >= the bundle's threshold
+    flagged: bool  # score > the bundle's threshold (strictly, as scanml.metrics counts)
     heatmap: np.ndarray  # float32 [H, W] anomaly probabilities
     regions: list[Region]  # by decreasing score
     dense_logits: np.ndarray  # float32 [1 + K, h, w] on the model's output grid
@@ -155,40 +160,29 @@ class Predictor:
     def _dense_logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Dense logits [1 + K, h, w] per image, each the same as one whole-image pass."""
         plans = [self._plan(image.shape[-2:]) for image in images]
-        jobs_by_shape: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
-        for image_index, (row_spans, col_spans) in enumerate(plans):
-            for row_index, rows in enumerate(row_spans):
-                for col_index, cols in enumerate(col_spans):
-                    shape = (rows.stop - rows.start, cols.stop - cols.start)
-                    jobs_by_shape.setdefault(shape, []).append((image_index, row_index, col_index))
-        pieces: dict[tuple[int, int, int], torch.Tensor] = {}
+        by_shape: dict[tuple[int, int], list[_Block]] = {}
+        for index, (row_spans, col_spans) in enumerate(plans):
+            for rows in row_spans:
+                for cols in col_spans:
+                    block = _Block(index, rows, cols)
+                    by_shape.setdefault(block.shape, []).append(block)
+        tensors = [torch.from_numpy(image) for image in images]
+        kept: dict[_Block, torch.Tensor] = {}
         with _eval_mode(self.network), torch.inference_mode():
-            for jobs in jobs_by_shape.values():
-                for first in range(0, len(jobs), self.batch_size):
-                    batch = jobs[first : first + self.batch_size]
-                    spans = [(plans[i][0][r], plans[i][1][c]) for i, r, c in batch]
-                    blocks = torch.stack(
-                        [
-                            torch.from_numpy(images[i])[
-                                :, rows.start : rows.stop, cols.start : cols.stop
-                            ]
-                            for (i, _, _), (rows, cols) in zip(batch, spans, strict=True)
-                        ]
-                    )
-                    outputs = self._forward(blocks)
-                    for job, (rows, cols), dense in zip(batch, spans, outputs, strict=True):
-                        pieces[job] = dense[
-                            :, rows.keep_start : rows.keep_stop, cols.keep_start : cols.keep_stop
-                        ]
+            for same_shape in by_shape.values():
+                for first in range(0, len(same_shape), self.batch_size):
+                    batch = same_shape[first : first + self.batch_size]
+                    dense = self._forward(torch.stack([b.cut(tensors[b.image]) for b in batch]))
+                    kept.update((b, b.keep(d)) for b, d in zip(batch, dense, strict=True))
         return [
             torch.cat(
                 [
-                    torch.cat([pieces[(i, r, c)] for c in range(len(col_spans))], dim=-1)
-                    for r in range(len(row_spans))
+                    torch.cat([kept[_Block(index, rows, cols)] for cols in col_spans], dim=-1)
+                    for rows in row_spans
                 ],
                 dim=-2,
             ).numpy()
-            for i, (row_spans, col_spans) in enumerate(plans)
+            for index, (row_spans, col_spans) in enumerate(plans)
         ]
 
     def _forward(self, blocks: torch.Tensor) -> torch.Tensor:
@@ -261,7 +255,7 @@ class Predictor:
         # The score in float64 from the peak logit: float32 probabilities
         # saturate at 1.0 from a logit of ~17, which would tie the scans an
         # analyst most needs ranked.
-        score = 1.0 / (1.0 + math.exp(-float(dense[0].max())))
+        score = 0.5 * (1.0 + math.tanh(0.5 * float(dense[0].max())))
         regions = _regions(
             probability,
             dense[1:],
@@ -274,7 +268,7 @@ class Predictor:
         )
         return Prediction(
             score=score,
-            flagged=score >= self.bundle.threshold,
+            flagged=score > self.bundle.threshold,
             heatmap=heatmap,
             regions=regions,
             dense_logits=dense,
@@ -296,6 +290,26 @@ class _Span:
     stop: int
     keep_start: int = 0
     keep_stop: int | None = None
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One forward pass's share of image ``image``: its input and the cells kept from its output."""
+
+    image: int
+    rows: _Span
+    cols: _Span
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows.stop - self.rows.start, self.cols.stop - self.cols.start)
+
+    def cut(self, image: torch.Tensor) -> torch.Tensor:
+        return image[:, self.rows.start : self.rows.stop, self.cols.start : self.cols.stop]
+
+    def keep(self, dense: torch.Tensor) -> torch.Tensor:
+        rows, cols = self.rows, self.cols
+        return dense[:, rows.keep_start : rows.keep_stop, cols.keep_start : cols.keep_stop]
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -403,3 +417,114 @@ def _regions(
             )
         )
     return sorted(regions, key=lambda region: region.score, reverse=True)
+
+
+# -- benchmark ----------------------------------------------------------------------------
+
+# Scan extents (length, height) in metres: the container plus 0.5 m at each
+# end and 0.3 m above and below (the truck's chassis and the scan's margins).
+CONTAINER_SCANS_M: dict[str, tuple[float, float]] = {"20 ft": (7.1, 3.5), "40 ft": (13.2, 3.5)}
+
+
+def inference_benchmark(
+    architecture: str = "resnet18",
+    *,
+    device: str | torch.device = "cpu",
+    spacing_mm: float = 8.0,
+    window: int = 128,
+    quick: bool = False,
+    scans_m: Mapping[str, tuple[float, float]] = CONTAINER_SCANS_M,
+) -> list[dict[str, Any]]:
+    """Whole-scan inference against the naive sliding window, per scan size (``scans_m``).
+
+    The whole-scan figure is :meth:`Predictor.predict` end to end (prepare,
+    network, heat map, regions) on a scan already at the model's spacing.
+    The sliding window computes the same dense anomaly logits the way a
+    tile classifier would: one ``window``-pixel tile centred on every output
+    cell, keeping only the centre cell's logit. ``flops_per_s`` is the
+    network's forward FLOPs (``torch.utils.flop_counter``) over the
+    whole-scan time. Random weights: the cost does not depend on them.
+    """
+    torch.manual_seed(0)
+    preprocessing = Preprocessing(channels=("high",), spacing_mm=spacing_mm)
+    network = create_model(architecture, 1, num_categories=1)
+    predictor = Predictor(
+        ModelBundle(network, architecture, preprocessing, ["anomaly"]), device=device
+    )
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, (length_m, height_m) in scans_m.items():
+        shape = (round(height_m * 1000 / spacing_mm), round(length_m * 1000 / spacing_mm))
+        attenuation = rng.uniform(0.0, 6.0, size=(1, *shape)).astype(np.float32)
+        scan = Scan(attenuation, (spacing_mm, spacing_mm), ["high"])
+        image = prepare(scan, preprocessing)
+        whole = predictor.predict(scan)  # also the warm-up: oneDNN/cuDNN plan for this shape
+        whole_seconds = _best_seconds(partial(predictor.predict, scan), 1 if quick else 3)
+        cells = whole.dense_logits.shape[-2:]
+        _sliding_window_logits(predictor, image[:, :, : 4 * window], window)  # warm-up
+        started = time.perf_counter()
+        _sliding_window_logits(predictor, image, window)
+        window_seconds = time.perf_counter() - started
+        megapixels = shape[0] * shape[1] / 1e6
+        flops = _forward_flops(predictor, image)
+        rows.append(
+            {
+                "scan": label,
+                "pixels": f"{shape[1]} x {shape[0]}",
+                "megapixels": megapixels,
+                "whole_seconds": whole_seconds,
+                "whole_scans_per_s": 1.0 / whole_seconds,
+                "whole_megapixels_per_s": megapixels / whole_seconds,
+                "windows": cells[0] * cells[1],
+                "window_seconds": window_seconds,
+                "window_scans_per_s": 1.0 / window_seconds,
+                "speedup": window_seconds / whole_seconds,
+                "gflop_per_scan": flops / 1e9,
+                "flops_per_s": flops / whole_seconds,
+            }
+        )
+    return rows
+
+
+def _best_seconds(run: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` runs: the least disturbed by other work on the machine."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def _sliding_window_logits(
+    predictor: Predictor, image: np.ndarray, window: int, batch_size: int = 64
+) -> torch.Tensor:
+    """Anomaly logits [h, w], one ``window``-pixel tile per output cell (the naive way)."""
+    stride = predictor.network.grid.stride
+    half = window // 2
+    height, width = image.shape[-2:]
+    cells = (math.ceil(height / stride), math.ceil(width / stride))
+    # Tile (i, j) starts at stride * (i, j) - half, so its centre cell is cell (i, j).
+    padded = torch.nn.functional.pad(
+        torch.from_numpy(image)[None],
+        (half, half + stride * cells[1] - width, half, half + stride * cells[0] - height),
+    )
+    tiles = padded.unfold(2, window, stride).unfold(3, window, stride)[:, :, : cells[0], : cells[1]]
+    tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(-1, image.shape[0], window, window)
+    centre = half // stride
+    with _eval_mode(predictor.network), torch.inference_mode():
+        logits = [
+            predictor._forward(tiles[first : first + batch_size])[:, 0, centre, centre]
+            for first in range(0, len(tiles), batch_size)
+        ]
+    return torch.cat(logits).reshape(cells)
+
+
+def _forward_flops(predictor: Predictor, image: np.ndarray) -> int:
+    with (
+        _eval_mode(predictor.network),
+        torch.inference_mode(),
+        FlopCounterMode(display=False) as counter,
+    ):
+        predictor._forward(torch.from_numpy(image)[None])
+    return counter.get_total_flops()
