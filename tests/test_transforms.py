@@ -15,6 +15,7 @@ from scanml.data import PreparedScan, Tile, TileDataset, TileSampler, load_datas
 from scanml.io import Scan, write_scan
 from scanml.physics import ATTENUATION_SCALE
 from scanml.preprocess import Preprocessing
+from scanml.synth import generate_dataset
 from scanml.transforms import (
     EvalTransform,
     ThreatObject,
@@ -278,3 +279,28 @@ def test_augmentation_is_fixed_by_the_seed_and_survives_pickling() -> None:
 def test_eval_transform_is_the_identity() -> None:
     tile = random_tile(np.random.default_rng(0), 2)
     assert EvalTransform()(tile, np.random.default_rng(0)) is tile
+
+
+def test_a_simulated_dataset_flows_through_the_augmenting_loader(tmp_path: Path) -> None:
+    """DICOS scans from the simulator, at their own spacings, onto a coarser model grid."""
+    generate_dataset(
+        tmp_path,
+        4,
+        seed=1,
+        sites=["antwerp", "rotterdam"],
+        lengths=("20ft",),
+        workers=1,
+        progress=False,
+    )
+    dataset = load_dataset(tmp_path)
+    pre = Preprocessing(channels=("high",), spacing_mm=16.0)
+    tip = ThreatProjector.from_dataset(dataset, pre, rate=0.5, n_generated=4)
+    sampler = TileSampler(tile_size=32, tiles_per_scan=16)
+    tiles = TileDataset(dataset, pre, sampler, transform=TrainTransform(tip=tip))
+    emitted = list(tiles)
+
+    assert tiles.stats.reads.tolist() == [1, 1, 1, 1] and len(emitted) == len(tiles)
+    assert {t.source for t in emitted} >= {"positive", "structure", "random", "tip"}
+    for tile in emitted:
+        assert tile.image.dtype == np.float32 and 0 <= tile.image.min() <= tile.image.max() <= 1
+        assert (tile.mask.sum() > 0) == (tile.label == 1)
