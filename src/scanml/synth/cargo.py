@@ -298,7 +298,11 @@ def carton_stack(
 
     Returns the slot a concealment could use, or None when nothing fits.
     """
-    carton_w, carton_h, carton_d = good.carton
+    # Suppliers' cartons of one good differ by a few cm, so pallets standing
+    # behind each other rarely line their layers up.
+    carton_w, carton_h, carton_d = (
+        float(v) for v in np.asarray(good.carton) * rng.uniform(0.92, 1.08, 3)
+    )
     n_cols = max(1, round((x1 - x0) / carton_w))
     n_layers = int((y1 - y0) // carton_h)
     if n_layers < 1:
@@ -372,7 +376,7 @@ class _ContentShape:
         layer = np.clip(((ys - self.y0) // self.height).astype(np.int64), 0, n_layers - 1)
         local_x = xs - self.x0 - col * self.width
         local_y = ys - self.y0 - layer * self.height
-        level = self.fill[layer, col] * (self.height - 1.0)
+        level = self.fill[layer, col] * self.height - BOARD_CM
         filled = np.clip((level - local_y) / self.row_cm + 0.5, 0.0, 1.0)
         path = self.depth * self.amount[layer, col] * filled
         style = self.good.style
