@@ -78,16 +78,6 @@ class Footprint:
         return _sum_on(shape, self.deposits + self.removals)
 
 
-def _sum_on(shape: tuple[int, int], parts: list[tuple[int, int, np.ndarray]]) -> np.ndarray | None:
-    """Sum sub-images placed at their (row, column) offsets on a zero image of ``shape``."""
-    if not parts:
-        return None
-    total = np.zeros(shape, np.float32)
-    for row0, col0, values in parts:
-        total[row0 : row0 + values.shape[0], col0 : col0 + values.shape[1]] += values
-    return total
-
-
 @dataclass
 class Canvas:
     """Noise-free attenuation ``[C, H, W]`` of a scene on the scan's pixel grid.
@@ -288,3 +278,13 @@ def _upsample(values: np.ndarray, step: int, n: int, axis: int) -> np.ndarray:
         return upsampled.reshape(-1, values.shape[1])[:n]
     upsampled = values[:, :-1, None] * (1.0 - weight) + values[:, 1:, None] * weight
     return upsampled.reshape(values.shape[0], -1)[:, :n]
+
+
+def _sum_on(shape: tuple[int, int], parts: list[tuple[int, int, np.ndarray]]) -> np.ndarray | None:
+    """Sum sub-images placed at their (row, column) offsets on a zero image of ``shape``."""
+    if not parts:
+        return None
+    total = np.zeros(shape, np.float32)
+    for row0, col0, values in parts:
+        total[row0 : row0 + values.shape[0], col0 : col0 + values.shape[1]] += values
+    return total

@@ -206,6 +206,7 @@ def _cab(
         30.0,
         fill_to=75.0 + rng.uniform(-25, 25),
     )
+    # The tank's thin steel shell, smeared over its cross-section.
     cylinder_along_x(
         canvas, STEEL, tank_x0, min(tank_x0 + 140.0, rear_axle_x - 130.0), 75.0, 30.0, count=0.01
     )
