@@ -131,17 +131,18 @@ class ScanDataset:
     """The scans of one dataset folder, validated.
 
     ``digest`` identifies the data a run was trained on (MLflow's dataset
-    input): the SHA-256 of the manifest and annotation files as loaded, and
-    for a split or a re-split, a hash derived from it.
+    input): the SHA-256 of the manifest and annotation files as loaded, for
+    a split or a re-split a hash derived from it, and for a dataset built in
+    code (left empty) a hash of its records.
     """
 
     records: list[ScanRecord]
     categories: list[str]
     root: Path
-    digest: str | None = None
+    digest: str = ""
 
     def __post_init__(self) -> None:
-        if self.digest is None:
+        if not self.digest:
             self.digest = _content_digest(self.records, self.categories)
 
     def __len__(self) -> int:
@@ -1129,7 +1130,7 @@ def _file_digest(paths: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
-def _derived_digest(parent: str | None, tag: str) -> str:
+def _derived_digest(parent: str, tag: str) -> str:
     return hashlib.sha256(f"{parent}|{tag}".encode()).hexdigest()
 
 
