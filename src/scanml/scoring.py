@@ -24,8 +24,9 @@ Throughput. Decoding (``read_scan``: DICOM parsing and pixel decoding, and
 ``prepare``: resampling to the model's grid) runs in worker processes
 through a torch DataLoader, overlapping with the model in the main
 process; pixels cross the process boundary as torch tensors, i.e. through
-shared memory instead of a pipe. The summary records
-how the time splits between decoding, the model and writing.
+shared memory instead of a pipe, when ``/dev/shm`` has room for them. The
+summary records how the time splits between decoding, the model and
+writing.
 
 :func:`score_paths` is the same per-scan code without the job around it:
 the MLflow pyfunc model calls it, so ``mlflow models predict`` and
@@ -41,6 +42,7 @@ import hashlib
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -116,6 +118,11 @@ DEFAULT_BATCH_SIZE = 32
 _COMMIT_INTERVAL_S = 10.0
 _DEFAULT_MAX_WORKERS = 8
 _GLOB_CHARACTERS = re.compile(r"[*?\[]")
+# Decoded pixels go from the workers through shared memory only when
+# /dev/shm has this much room: Docker's default of 64 MB would kill the job
+# with a bus error on the first large scan (and again on every rerun).
+# Below it they are pickled through a pipe: slower, never fatal.
+_MIN_SHARED_MEMORY_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -315,7 +322,9 @@ def _run(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     workers = _default_workers() if workers is None else workers
     loader = DataLoader(
-        _DecodingDataset(todo, scorer.predictor.bundle.preprocessing),
+        _DecodingDataset(
+            todo, scorer.predictor.bundle.preprocessing, share_memory=_shared_memory_is_roomy()
+        ),
         batch_size=None,
         num_workers=workers,
         collate_fn=_as_is,
@@ -359,6 +368,13 @@ def _default_workers() -> int:
     return max(1, min(_DEFAULT_MAX_WORKERS, (os.cpu_count() or 2) - 1))
 
 
+def _shared_memory_is_roomy() -> bool:
+    try:
+        return shutil.disk_usage("/dev/shm").free >= _MIN_SHARED_MEMORY_BYTES
+    except OSError:  # no /dev/shm (macOS)
+        return False
+
+
 def _as_is(sample: _Decoded) -> _Decoded:
     """DataLoader collate function: samples are whole scans, never batched."""
     return sample
@@ -370,9 +386,9 @@ class _Decoded:
 
     ``prepared`` is the model's input (float32 [C, H', W'] on the model
     grid); the scan itself is kept for its overlay, report and size.
-    Between a worker and the main process both pixel arrays travel as torch
-    tensors, which the DataLoader moves through shared memory; numpy arrays
-    would be pickled through a pipe (100 MB for a large dual-energy scan).
+    Between a worker and the main process both pixel arrays can travel as
+    torch tensors, which the DataLoader moves through shared memory; numpy
+    arrays are pickled through a pipe (100 MB for a large dual-energy scan).
     """
 
     item: InputItem
@@ -399,15 +415,19 @@ class _Decoded:
 class _DecodingDataset(Dataset):
     """:func:`_decode` for each input, run by the DataLoader's worker processes."""
 
-    def __init__(self, items: list[InputItem], preprocessing: Preprocessing) -> None:
+    def __init__(
+        self, items: list[InputItem], preprocessing: Preprocessing, *, share_memory: bool
+    ) -> None:
         self.items = items
         self.preprocessing = preprocessing
+        self.share_memory = share_memory
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> _Decoded:
-        return _decode(self.items[index], self.preprocessing).to_tensors()
+        decoded = _decode(self.items[index], self.preprocessing)
+        return decoded.to_tensors() if self.share_memory else decoded
 
 
 def _decode(item: InputItem, preprocessing: Preprocessing) -> _Decoded:
