@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,12 +22,20 @@ from scanml.models import (
 from scanml.preprocess import Preprocessing
 
 CLASSES = ["drugs", "weapon", "cigarettes", "other"]
-# Building these takes seconds each (tens of millions of parameters).
-HEAVY = {"resnet50", "resnet101", "resnext50_32x4d", "wide_resnet50_2", "convnext_small"}
+# Seconds each to build and run even on tiny inputs: marked slow (still run by `make test`).
+HEAVY = {
+    "resnet50",
+    "resnet101",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "convnext_tiny",
+    "convnext_small",
+    "efficientnet_v2_s",
+}
 
 
 @pytest.fixture
-def hub_dir(tmp_path: Path) -> Path:
+def hub_dir(tmp_path: Path) -> Iterator[Path]:
     """A private torch hub cache, restored afterwards."""
     previous = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "hub"))
@@ -35,19 +44,22 @@ def hub_dir(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in SUPPORTED_ARCHITECTURES],
+    ("name", "in_channels"),
+    [
+        pytest.param(name, channels, marks=[pytest.mark.slow] if name in HEAVY else [])
+        for name in SUPPORTED_ARCHITECTURES
+        for channels in (1, 2)
+    ],
 )
-def test_every_architecture_gives_dense_logits_at_its_stride(name: str) -> None:
-    for in_channels in (1, 2):
-        network = create_model(name, in_channels, num_categories=3).eval()
-        with torch.no_grad():
-            dense = network(torch.rand(2, in_channels, 64, 96))
+def test_every_architecture_gives_dense_logits_at_its_stride(name: str, in_channels: int) -> None:
+    network = create_model(name, in_channels, num_categories=3).eval()
+    with torch.no_grad():
+        dense = network(torch.rand(2, in_channels, 64, 96))
 
-        assert network.output_stride == 32
-        assert dense.shape == (2, 1 + 3, 2, 3)
-        assert DenseLogitNet.tile_logits(dense).shape == (2,)
-        assert DenseLogitNet.tile_category_logits(dense).shape == (2, 3)
+    assert network.output_stride == 32
+    assert dense.shape == (2, 1 + 3, 2, 3)
+    assert DenseLogitNet.tile_logits(dense).shape == (2,)
+    assert DenseLogitNet.tile_category_logits(dense).shape == (2, 3)
 
 
 def test_tile_logit_is_the_mean_of_the_dense_anomaly_logits() -> None:
@@ -227,32 +239,22 @@ def test_fine_tuning_from_a_bundle_adapts_channels_and_keeps_a_matching_head(
         create_model("resnet34", 1, weights=tmp_path / "site-a")
 
 
-def test_bundles_are_found_inside_downloaded_mlflow_models(tmp_path: Path) -> None:
-    """A logged pyfunc keeps the bundle under artifacts/bundle/; any MLflow URI is searched."""
-    bundle = _bundle(channels=("high",))
-    bundle.save(tmp_path / "model" / "artifacts" / "bundle")
-    (tmp_path / "model" / "MLmodel").write_text("flavors: {}\n")
-    uri = (tmp_path / "model").as_uri()  # file:///..., downloaded by mlflow like runs:/ would be
-
-    loaded = ModelBundle.load(uri)
-    fine_tuned = create_model("resnet18", 1, weights=uri)
-
-    torch.testing.assert_close(loaded.network.state_dict(), bundle.network.state_dict())
-    torch.testing.assert_close(fine_tuned.state_dict(), bundle.network.state_dict())
-
-
 @pytest.mark.slow
-def test_bundle_loads_from_a_runs_uri(tmp_path: Path, mlflow_uri: str) -> None:
+def test_bundles_load_from_mlflow_uris(tmp_path: Path, mlflow_uri: str) -> None:
+    """A logged pyfunc keeps the bundle under artifacts/bundle/: the download is searched."""
     import mlflow
 
     bundle = _bundle(channels=("high",))
     folder = bundle.save(tmp_path / "bundle")
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(folder), artifact_path="model/artifacts/bundle")
+    uri = f"runs:/{run.info.run_id}/model"
 
-    loaded = ModelBundle.load(f"runs:/{run.info.run_id}/model")
+    loaded = ModelBundle.load(uri)
+    fine_tuned = create_model("resnet18", 1, weights=uri)
 
     torch.testing.assert_close(loaded.network.state_dict(), bundle.network.state_dict())
+    torch.testing.assert_close(fine_tuned.state_dict(), bundle.network.state_dict())
 
 
 def _bundle(channels: tuple[str, ...]) -> ModelBundle:

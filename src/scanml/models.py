@@ -99,6 +99,8 @@ def create_model(
         raise ValueError(
             f"need at least one input channel and one category, got {in_channels} and {num_categories}"
         )
+    # Weights first: a wrong or missing file fails before seconds of building.
+    state, source = _read_weights(name, os.fspath(weights)) if weights is not None else ({}, "")
     family = _FAMILIES[name]
     backbone = nn.Sequential(
         OrderedDict(family.feature_layers(torchvision.models.get_model(name, weights=None)))
@@ -115,7 +117,6 @@ def create_model(
         grid=grid,
     )
     if weights is not None:
-        state, source = _read_weights(name, os.fspath(weights))
         _load_weights(network, state, source)
     return network
 
