@@ -48,7 +48,7 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
         ("train.lr=-1", "train.lr"),
         ("model.architecture=resnet9000", "model.architecture"),
         ("model.channels=[high, high]", "model.channels"),
-        ("data.val_fraction=0.7", "data"),
+        ("data.positive_fraction=0.9", "data"),
         ("train.epochs=zero", "train.epochs"),
         ("nosuchsection.key=1", "nosuchsection"),
     ],

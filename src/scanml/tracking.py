@@ -181,6 +181,13 @@ class Tracker:
                 lambda: self._client.log_figure(self.run_id, figure, artifact_file),
             )
 
+    def log_image(self, image: Any, artifact_file: str) -> None:
+        if self.run_id is not None:
+            self._guard(
+                f"log image {artifact_file}",
+                lambda: self._client.log_image(self.run_id, image, artifact_file=artifact_file),
+            )
+
     def log_text(self, text: str, artifact_file: str) -> None:
         if self.run_id is not None:
             self._guard(
@@ -196,14 +203,17 @@ class Tracker:
         def send() -> None:
             from mlflow.entities import InputTag
 
-            frame = dataset.to_pandas()
-            ml_dataset = mlflow.data.from_pandas(
-                frame, source=str(dataset.root), name=name, digest=dataset.digest[:36]
-            )
+            with warnings.catch_warnings():  # schema hints about integer columns
+                warnings.simplefilter("ignore", UserWarning)
+                ml_dataset = mlflow.data.from_pandas(
+                    dataset.to_pandas(),
+                    source=dataset.root.as_uri(),
+                    name=name,
+                    digest=dataset.digest[:36],
+                )
+                entity = ml_dataset._to_mlflow_entity()
             tags = [InputTag(key="mlflow.data.context", value=context)]
-            self._client.log_inputs(
-                self.run_id, [mlflow.entities.DatasetInput(ml_dataset._to_mlflow_entity(), tags)]
-            )
+            self._client.log_inputs(self.run_id, [mlflow.entities.DatasetInput(entity, tags)])
 
         self._guard("log dataset", send)
 
@@ -405,17 +415,17 @@ def _version(name: str) -> str:
 
 
 def _git_state() -> tuple[str | None, bool]:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
+    """The commit of the scanml source that runs (not of the working folder), and whether it is dirty."""
+    source = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=source, capture_output=True, text=True, timeout=5, check=True
         ).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ".")
     except (OSError, subprocess.SubprocessError):
         return None, False
     return commit or None, bool(status.strip())

@@ -451,7 +451,8 @@ def _encode_values(
 ) -> tuple[np.ndarray, float]:
     """Stored values and the rescale slope that make the reader's mapping exact."""
     full_scale = 2**bits - 1
-    attenuation = np.clip(attenuation, 0.0, None, dtype=np.float64)
+    # float32 holds every 16-bit count exactly and halves the cost of a large scan.
+    attenuation = np.clip(attenuation, 0.0, None, dtype=np.float32)
     if encoding == "LIN":
         slope = 1.0
         counts = np.exp(-attenuation) * full_scale
@@ -466,9 +467,20 @@ def _encode_values(
 
 
 def _dicos_dx_dataset(scan: Scan, syntax: UID) -> Dataset:
-    """The identifying and descriptive attributes; personal ones present but empty."""
-    instance_uid = generate_uid()
-    now = datetime.datetime.now(datetime.UTC)
+    """The identifying and descriptive attributes; personal ones present but empty.
+
+    UIDs and the acquisition time come from ``scan.meta`` when it has them
+    (a scan read from DICOM, or a simulator that derives them from its seed,
+    so the same seed writes the same bytes); otherwise they are new.
+    """
+    meta = scan.meta
+    instance_uid = meta.get("sop_instance_uid") or generate_uid()
+    acquired = meta.get("acquisition_datetime")
+    now = (
+        datetime.datetime.fromisoformat(str(acquired))
+        if acquired
+        else datetime.datetime.now(datetime.UTC)
+    )
     dataset = Dataset()
     dataset.file_meta = FileMetaDataset()
     dataset.file_meta.MediaStorageSOPClassUID = DICOS_DX_FOR_PRESENTATION
@@ -476,8 +488,8 @@ def _dicos_dx_dataset(scan: Scan, syntax: UID) -> Dataset:
     dataset.file_meta.TransferSyntaxUID = syntax
     dataset.SOPClassUID = DICOS_DX_FOR_PRESENTATION
     dataset.SOPInstanceUID = instance_uid
-    dataset.StudyInstanceUID = generate_uid()
-    dataset.SeriesInstanceUID = generate_uid()
+    dataset.StudyInstanceUID = meta.get("study_instance_uid") or generate_uid()
+    dataset.SeriesInstanceUID = meta.get("series_instance_uid") or generate_uid()
     dataset.Modality = "DX"
     dataset.ImageType = ["ORIGINAL", "PRIMARY"]
     dataset.PresentationIntentType = "FOR PRESENTATION"

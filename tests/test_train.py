@@ -1,0 +1,234 @@
+"""Training end to end on simulated scans into a real sqlite MLflow store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from conftest import CONFIGS
+from scanml.config import load_config
+from scanml.train import DenseTileLoss, train
+
+SMOKE = CONFIGS / "smoke.yaml"
+
+
+@pytest.mark.slow
+def test_smoke_training_is_tracked_and_registered(tiny_dataset: Path, mlflow_uri: str) -> None:
+    config = load_config(SMOKE, ["tracking.run_name=smoke-e2e"])
+    result = train(config, tiny_dataset, progress=False)
+
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.architecture"] == "resnet18"
+    assert run.data.params["data.digest"]
+    assert len(run.data.tags["git.commit"]) == 40  # the code's commit, whatever the working folder
+    assert "version.torch" in run.data.tags
+    history = client.get_metric_history(result.run_id, "train/loss")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]
+    assert len(client.get_metric_history(result.run_id, "val/auroc")) == 2
+    assert "best/threshold" in run.data.metrics
+
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "plots", "overlays", "metrics"} <= artifacts
+    plots = {Path(a.path).name for a in client.list_artifacts(result.run_id, "plots")}
+    assert {
+        "roc.png",
+        "precision_recall.png",
+        "detection_rate_vs_false_alarms.png",
+        "confusion_matrix.png",
+    } <= plots
+    inputs = run.inputs.dataset_inputs
+    assert {i.tags[0].value for i in inputs} == {"training", "validation"}
+
+    versions = client.search_model_versions("name='scanml-smoke'")
+    assert [v.run_id for v in versions] == [result.run_id]
+    assert result.model_uri == f"models:/scanml-smoke/{versions[0].version}"
+    assert (result.run_dir / "best.pt").exists() and (result.run_dir / "last.pt").exists()
+    assert (result.bundle_dir / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(
+    tiny_dataset: Path, mlflow_uri: str, tmp_path: Path
+) -> None:
+    common = [
+        "--config",
+        str(SMOKE),
+        "--data",
+        str(tiny_dataset),
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "tracking.registered_model=null",
+        "--set",
+        "validation.overlays=0",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def scanml(*args: str, runs: str, name: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "scanml",
+                "train",
+                *common,
+                "--set",
+                f"train.runs_dir={runs}",
+                "--set",
+                f"tracking.run_name={name}",
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    straight = scanml(runs="straight", name="straight")
+    out, _ = straight.communicate(timeout=600)
+    assert straight.returncode == 0, out
+
+    killed = scanml(runs="killed", name="killed")
+    last = tmp_path / "killed" / "killed" / "last.pt"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and killed.poll() is None:
+        if last.exists() and torch.load(last, weights_only=True)["state"]["epoch"] >= 1:
+            break
+        time.sleep(0.2)
+    assert killed.poll() is None, "the run ended before it could be killed"
+    time.sleep(1.0)  # well inside epoch 2
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=60)
+
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scanml",
+            "train",
+            "--data",
+            str(tiny_dataset),
+            "--resume",
+            str(last.parent),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+
+    reference = torch.load(tmp_path / "straight" / "straight" / "last.pt", weights_only=True)
+    continued = torch.load(last, weights_only=True)
+    assert continued["state"]["epoch"] == reference["state"]["epoch"] == 3
+    for key, tensor in reference["model"].items():
+        assert torch.equal(tensor, continued["model"][key]), key
+
+    # same MLflow run, finished, with every epoch's metrics
+    run_id = continued["state"]["mlflow_run_id"]
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert {m.step for m in client.get_metric_history(run_id, "train/loss")} == {1, 2, 3}
+
+
+def test_overfits_one_batch(tiny_dataset: Path) -> None:
+    """The network, the loss and the optimizer can fit a fixed batch: the basic sanity check."""
+    from scanml.data import TileDataset, TileSampler, load_dataset
+    from scanml.models import create_model
+    from scanml.preprocess import Preprocessing
+    from scanml.transforms import EvalTransform
+
+    torch.manual_seed(0)
+    dataset = load_dataset(tiny_dataset)
+    pre = Preprocessing(channels=("high",), spacing_mm=16.0)
+    sampler = TileSampler(
+        tile_size=64, tiles_per_scan=2, positive_fraction=0.5, hard_negative_fraction=0.0, seed=0
+    )
+    tiles = TileDataset(
+        dataset,
+        pre,
+        sampler,
+        transform=EvalTransform(),
+        categories=["drugs", "weapon", "cigarettes", "other"],
+        seed=0,
+    )
+    batch = tiles.collate([item for _, item in zip(range(8), iter(tiles), strict=False)])
+    assert 0 < float(batch["label"].mean()) < 1
+
+    network = create_model("resnet18", in_channels=1, num_categories=4)
+    criterion = DenseTileLoss()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=2e-3)
+    network.train()
+    for _ in range(40):
+        losses = criterion(network(batch["image"]), batch)
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+    network.eval()
+    with torch.no_grad():
+        logits = network.tile_logits(network(batch["image"]))
+    assert losses["loss"].item() < 0.1
+    assert torch.equal(logits > 0, batch["label"] > 0.5)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "train.lr=-1"], "train.lr"),
+        (["--set", "model.architecture=vgg_unknown"], "model.architecture"),
+        (["--set", "train.bogus=1"], "train.bogus: unknown key"),
+    ],
+)
+def test_invalid_configuration_is_a_clear_cli_error(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scanml",
+            "train",
+            "--config",
+            str(SMOKE),
+            "--data",
+            str(tmp_path),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 2
+    assert message in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_missing_dataset_is_a_clear_cli_error(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scanml",
+            "train",
+            "--config",
+            str(SMOKE),
+            "--data",
+            str(tmp_path / "none"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 2
+    assert "manifest.csv" in completed.stderr
+    assert "Traceback" not in completed.stderr
