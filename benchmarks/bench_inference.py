@@ -38,8 +38,8 @@ def main() -> None:
         args.arch, device=device, spacing_mm=args.spacing_mm, window=args.window, quick=args.quick
     )
 
-    print(f"{args.arch} on {device} ({torch.get_num_threads()} threads, {os.cpu_count()} CPUs), ")
-    print(f"{args.spacing_mm} mm/px, sliding window {args.window} px; random weights\n")
+    print(f"{args.arch} on {device} ({torch.get_num_threads()} threads, {os.cpu_count()} CPUs),")
+    print(f"{args.spacing_mm} mm/px, sliding window {args.window} px, random weights\n")
     print(
         "| scan | model pixels | whole scans/s | whole MP/s | windows | sliding scans/s "
         "| speed-up | GFLOP/scan | GFLOP/s | share of matmul |"

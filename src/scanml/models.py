@@ -87,9 +87,9 @@ def create_model(
 
     Weights made for another number of input channels are adapted (see
     :func:`_adapt_first_conv`); a head made for another number of categories
-    is left at its initialisation. ``output_stride`` 16 or 8 trades the last
-    strides of a ResNet for dilation: a finer heat map for 4x or 16x the
-    compute of the last stages.
+    is left at its initialisation. ``output_stride`` 16 (or 8) trades the
+    last stride (or two) of a ResNet for dilation: a heat map twice (four
+    times) as fine, for 4x the compute of each stage that loses its stride.
     """
     if name not in _FAMILIES:
         raise ValueError(
