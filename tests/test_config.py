@@ -50,6 +50,7 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
         ("model.channels=[high, high]", "model.channels"),
         ("data.positive_fraction=0.9", "data"),
         ("train.epochs=zero", "train.epochs"),
+        ("model.architecture=mobilenet_v3_large", "output_stride 16 is not available"),
         ("nosuchsection.key=1", "nosuchsection"),
     ],
 )

@@ -42,7 +42,7 @@ class ModelConfig(_Section):
     channels: list[Literal["high", "low"]] = ["high"]
     spacing_mm: float = Field(default=8.0, gt=0.5, le=50.0)
     attenuation_scale: float = Field(default=ATTENUATION_SCALE, gt=0.0)
-    output_stride: Literal[16, 32] = 32
+    output_stride: Literal[8, 16, 32] = 32
     categories: list[str] = ["drugs", "weapon", "cigarettes", "other"]
 
     @field_validator("architecture")
@@ -55,6 +55,18 @@ class ModelConfig(_Section):
                 f"unknown architecture {name!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
             )
         return name
+
+    @model_validator(mode="after")
+    def _stride_fits_architecture(self) -> ModelConfig:
+        from scanml.models import supported_output_strides
+
+        strides = supported_output_strides(self.architecture)
+        if self.output_stride not in strides:
+            raise ValueError(
+                f"output_stride {self.output_stride} is not available for {self.architecture} "
+                f"(dilation works for ResNets only); choose one of {strides}"
+            )
+        return self
 
     @field_validator("channels")
     @classmethod
@@ -134,6 +146,11 @@ class TrainConfig(_Section):
         default=2, ge=0, description="epochs between mining rounds; 0 disables"
     )
     hard_negatives_per_scan: int = Field(default=8, ge=1)
+    hard_negative_max_scans: int | None = Field(
+        default=48,
+        ge=1,
+        description="clean scans scored per mining round (a rotating sample): bounds its cost",
+    )
     max_steps_per_epoch: int | None = Field(default=None, ge=1)
     device: str = "auto"
     threads: int | None = Field(default=None, ge=1)

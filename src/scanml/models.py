@@ -362,6 +362,11 @@ _FAMILIES: dict[str, _Family] = {
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(_FAMILIES)
 
 
+def supported_output_strides(name: str) -> list[int]:
+    """The output strides ``create_model(name, ..., output_stride=...)`` accepts (32 for all)."""
+    return [32 >> n for n in range(len(_FAMILIES[name].dilatable) + 1)]
+
+
 def _dilate(backbone: nn.Sequential, name: str, output_stride: int) -> None:
     """Trade the strides of the last stages for dilation, as DeepLab does.
 
@@ -371,7 +376,7 @@ def _dilate(backbone: nn.Sequential, name: str, output_stride: int) -> None:
     also works for the basic-block ResNets torchvision refuses to dilate.
     """
     dilatable = _FAMILIES[name].dilatable
-    choices = [32 >> n for n in range(len(dilatable) + 1)]
+    choices = supported_output_strides(name)
     if output_stride not in choices:
         raise ValueError(f"{name} supports output_stride {choices}, got {output_stride}")
     previous = 1

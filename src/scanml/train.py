@@ -264,14 +264,18 @@ def train(
                 bundle = _bundle(
                     network, config, preprocessing, threshold=0.5, run_id=state.mlflow_run_id
                 )
-                state.hard_negatives = mine_hard_negatives(
+                mined = mine_hard_negatives(
                     bundle,
                     train_set,
                     per_scan=config.train.hard_negatives_per_scan,
                     tile_size=config.data.tile_size,
+                    max_scans=config.train.hard_negative_max_scans,
+                    seed=config.seed + epoch,
                     device=device,
                     progress=progress,
                 )
+                # Scans not re-scored this round keep the locations found before.
+                state.hard_negatives = {**state.hard_negatives, **mined}
                 sampler.set_hard_negatives(state.hard_negatives)
 
             state.epoch = epoch
@@ -466,6 +470,8 @@ def mine_hard_negatives(
     *,
     per_scan: int,
     tile_size: int,
+    max_scans: int | None = None,
+    seed: int = 0,
     device: torch.device,
     progress: bool = True,
 ) -> dict[str, list[tuple[int, int, float]]]:
@@ -473,11 +479,15 @@ def mine_hard_negatives(
 
     Returned in model-grid pixels (tile centres), per scan id. Peaks closer
     than half a tile are suppressed so one corner post does not fill the list.
+    With ``max_scans``, a sample of that many clean scans (drawn with
+    ``seed``, so successive rounds visit different scans) bounds the cost.
     """
     predictor = Predictor(bundle, device=device)
     grid = bundle.network.grid
     mined: dict[str, list[tuple[int, int, float]]] = {}
     clean = [record for record in records.records if record.label == 0]
+    if max_scans is not None and len(clean) > max_scans:
+        clean = random.Random(seed).sample(clean, max_scans)
     for record in tqdm(
         clean, desc="mining hard negatives", unit="scan", disable=not progress, leave=False
     ):
