@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from scanml.bench import matmul_flops
 from scanml.io import Scan
 from scanml.predict import inference_benchmark
 from scanml.preprocess import Preprocessing, prepare
@@ -55,22 +56,6 @@ def main() -> None:
         )
     print(f"\nfloat32 matmul: {peak / 1e9:.1f} GFLOP/s")
     print(f"prepare(), 2 MP scan at 5 mm to 8 mm: {prepare_ms:.1f} ms (best of 5)")
-
-
-def matmul_flops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
-    """The machine's float32 matmul FLOP/s: the ceiling a convolution network can approach."""
-    a, b = (torch.rand(size, size, device=device) for _ in range(2))
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        torch.matmul(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best
 
 
 def prepare_milliseconds(repeats: int = 5) -> float:

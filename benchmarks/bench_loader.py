@@ -13,16 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
-from collections.abc import Sequence
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
-from scanml.data import TileDataset, TileSampler, load_dataset
-from scanml.preprocess import Preprocessing
+from scanml.bench import loader_benchmark
+from scanml.data import load_dataset
 from scanml.synth import generate_dataset
-from scanml.transforms import ThreatProjector, TrainTransform
 
 
 def main() -> None:
@@ -62,65 +57,6 @@ def main() -> None:
             f"| {row['workers']} | {augmented} | {row['cold_tiles_per_s']:.0f}"
             f" | {row['tiles_per_s']:.0f} |"
         )
-
-
-def loader_benchmark(
-    data_dir: str | Path,
-    *,
-    channels: tuple[str, ...] = ("high",),
-    spacing_mm: float = 8.0,
-    tile_size: int = 128,
-    tiles_per_scan: int = 64,
-    batch_size: int = 64,
-    workers: Sequence[int] = (0, 1, 2),
-    augment: Sequence[bool] = (False, True),
-    epochs: int = 3,
-) -> list[dict]:
-    """One row per (augment, workers): tiles, first-epoch and cached-epoch tiles/s.
-
-    ``tiles_per_s`` is measured over epochs 2.., when every scan comes from
-    a worker's cache (persistent workers): what the model sees in a long
-    run. ``cold_tiles_per_s`` includes worker start-up and decoding.
-    """
-    if epochs < 2:
-        raise ValueError("need at least two epochs: one to fill the caches, one to measure")
-    dataset = load_dataset(data_dir)
-    preprocessing = Preprocessing(channels=channels, spacing_mm=spacing_mm)
-    rows = []
-    for augmented in augment:
-        transform = (
-            TrainTransform(tip=ThreatProjector.from_dataset(dataset, preprocessing, n_generated=16))
-            if augmented
-            else None
-        )
-        for n_workers in workers:
-            sampler = TileSampler(tile_size=tile_size, tiles_per_scan=tiles_per_scan)
-            tiles = TileDataset(dataset, preprocessing, sampler, transform=transform)
-            loader = DataLoader(
-                tiles,
-                batch_size=batch_size,
-                num_workers=n_workers,
-                persistent_workers=n_workers > 0,
-                collate_fn=tiles.collate,
-            )
-            counts, seconds = [], []
-            for epoch in range(epochs):
-                tiles.set_epoch(epoch)
-                started = time.perf_counter()
-                counts.append(sum(len(batch["label"]) for batch in loader))
-                seconds.append(time.perf_counter() - started)
-            rows.append(
-                {
-                    "workers": n_workers,
-                    "augment": augmented,
-                    "tiles": counts[0],
-                    "cold_tiles_per_s": counts[0] / seconds[0],
-                    "tiles_per_s": sum(counts[1:]) / sum(seconds[1:]),
-                    "reads": tiles.stats.totals()["reads"],
-                }
-            )
-            del loader  # stops its workers before the next case starts its own
-    return rows
 
 
 if __name__ == "__main__":
