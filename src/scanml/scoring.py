@@ -17,8 +17,8 @@ temporary file and a rename, and the parts are removed; a rerun first picks
 up any parts a killed run left. A rerun of a finished job finds nothing to
 do and leaves ``<out>`` untouched, byte for byte. A scan's overlay and
 report are written (atomically) before its row is committed, so a
-committed row never points at a missing file. A lock on the parts folder
-stops a second job writing the same table at the same time.
+committed row never points at a missing file. A lock file in the parts
+folder stops a second job writing the same table at the same time.
 
 Throughput. Decoding (``read_scan``: DICOM parsing and pixel decoding, and
 ``prepare``: resampling to the model's grid) runs in worker processes
@@ -676,27 +676,26 @@ class _PartStore:
     def open(cls, out: Path) -> Iterator[_PartStore]:
         """Lock the table for this job, drop half-written temporaries, and unlock at the end.
 
-        The lock is an flock on the parts folder, which the kernel releases
-        when the process dies however it dies, so a killed job never
-        leaves a stale lock behind.
+        The lock is a POSIX record lock on ``<out>.parts/lock``: the kernel
+        releases it when the process dies, however it dies, and, unlike an
+        flock, the forked decoding workers do not share it, so a killed
+        job whose workers linger for a few seconds leaves no lock behind.
         """
-        parts_dir = out.with_name(f"{out.name}.parts")
-        parts_dir.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(parts_dir, os.O_RDONLY)
-        try:
+        store = cls(out)
+        store.parts_dir.mkdir(parents=True, exist_ok=True)
+        lock_path = store.parts_dir / "lock"
+        with lock_path.open("a") as lock:
             try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except (BlockingIOError, PermissionError):
                 raise RuntimeError(f"another scoring job is writing {out}") from None
-            store = cls(out)
-            for partial in parts_dir.glob("*.partial"):
+            for partial in store.parts_dir.glob("*.partial"):
                 partial.unlink()
             out.with_name(f".{out.name}.partial").unlink(missing_ok=True)
             yield store
-            if not any(parts_dir.iterdir()):
-                parts_dir.rmdir()
-        finally:
-            os.close(lock_fd)
+            if not store.has_parts():
+                lock_path.unlink()
+                store.parts_dir.rmdir()
 
     def done_paths(self) -> set[str]:
         """Paths with a row in the table or in a part: the files a rerun skips."""
