@@ -33,8 +33,10 @@ class _ThisInterpreter(KernelSpecManager):
         )
 
 
-def run_notebook(name: str, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> list[dict]:
-    """Execute a committed notebook (outputs stripped) and return every cell output."""
+def run_notebook(
+    name: str, workdir: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> list[dict]:
+    """Execute a committed notebook (outputs stripped) in ``workdir``; return every cell output."""
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     # The inline backend, not the suite's Agg: the figures must reach the notebook's outputs.
@@ -45,7 +47,7 @@ def run_notebook(name: str, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
     )
     manager = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=_ThisInterpreter())
     client = NotebookClient(
-        notebook, km=manager, timeout=600, resources={"metadata": {"path": str(NOTEBOOKS)}}
+        notebook, km=manager, timeout=600, resources={"metadata": {"path": str(workdir)}}
     )
     client.execute()
     outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
@@ -57,19 +59,22 @@ def _images(outputs: list[dict]) -> list[dict]:
     return [o for o in outputs if "image/png" in o.get("data", {})]
 
 
-def test_01_explore_scans(tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_01_explore_scans(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     outputs = run_notebook(
-        "01-explore-scans.ipynb", monkeypatch, {"SCANML_DATA": str(tiny_dataset)}
+        "01-explore-scans.ipynb", tmp_path, monkeypatch, {"SCANML_DATA": str(tiny_dataset)}
     )
     assert len(_images(outputs)) >= 4  # scans, histograms, dual-energy scatter, contrasts
 
 
 @pytest.mark.slow
 def test_02_train_and_compare(
-    tiny_dataset: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+    tiny_dataset: Path, mlflow_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     outputs = run_notebook(
         "02-train-and-compare.ipynb",
+        tmp_path,  # runs/ and mlruns/ land here, beside the test's MLflow store
         monkeypatch,
         {
             "SCANML_DATA": str(tiny_dataset),
