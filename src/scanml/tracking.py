@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import pandas as pd
+import pyarrow as pa
 from mlflow import MlflowClient
 from mlflow.pyfunc import PythonModel
+from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -349,20 +351,16 @@ def log_model(
 ) -> LoggedModel:
     """Log a saved model folder as a pyfunc model (code + weights, no pickle) and register it.
 
-    The signature and the input example come from scoring ``example_paths``
-    for real, so what MLflow validates is what the model returns.
+    The output schema is the scores table's (``scanml.scoring.SCORES_SCHEMA``),
+    declared rather than inferred: an example where no scan has a region
+    would otherwise make MLflow type the whole output as ``Any``. MLflow
+    validates the signature by scoring ``example_paths`` for real.
     """
-    from scanml.models import ModelBundle
-    from scanml.predict import Predictor
-    from scanml.scoring import score_paths
-
     mlflow.set_tracking_uri(tracking_uri)
-    bundle = ModelBundle.load(bundle_dir)
     input_example = pd.DataFrame({"path": [str(path) for path in example_paths]})
-    output_example = score_paths(
-        Predictor(bundle), list(input_example["path"]), model_uri="", threshold=bundle.threshold
+    signature = mlflow.models.ModelSignature(
+        inputs=Schema([ColSpec("string", "path")]), outputs=_output_schema()
     )
-    signature = mlflow.models.infer_signature(input_example, output_example)
     package_dir = Path(__file__).resolve().parent
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # input-example type notes
@@ -384,6 +382,33 @@ def log_model(
         else None
     )
     return LoggedModel(model_uri=info.model_uri, registered_name=registered_model, version=version)
+
+
+def _output_schema() -> Schema:
+    """The scores table's Arrow schema as an MLflow schema."""
+    from scanml.scoring import SCORES_SCHEMA
+
+    return Schema(
+        [ColSpec(_mlflow_type(f.type), f.name, required=not f.nullable) for f in SCORES_SCHEMA]
+    )
+
+
+def _mlflow_type(arrow_type: pa.DataType) -> Any:
+    if pa.types.is_list(arrow_type):
+        return Array(_mlflow_type(arrow_type.value_type))
+    if pa.types.is_struct(arrow_type):
+        return Object([Property(f.name, _mlflow_type(f.type)) for f in arrow_type])
+    scalar = {
+        pa.string(): "string",
+        pa.float64(): "double",
+        pa.float32(): "float",
+        pa.bool_(): "boolean",
+        pa.int32(): "integer",
+        pa.int64(): "long",
+    }
+    if arrow_type not in scalar:
+        raise TypeError(f"no MLflow type for Arrow type {arrow_type}")
+    return scalar[arrow_type]
 
 
 def _pip_requirements() -> list[str]:
