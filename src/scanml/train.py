@@ -745,7 +745,7 @@ def _open_run(
             suffix += 1
             run_dir = Path(config.train.runs_dir) / f"{name}-{suffix}"
         run_dir.mkdir(parents=True)
-        return run_dir, None
+        return run_dir.resolve(), None
     run_dir = _find_run_dir(
         resume, config.train.runs_dir if config else load_config().train.runs_dir
     )
