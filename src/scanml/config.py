@@ -139,6 +139,10 @@ class TrainConfig(_Section):
     channels_last: bool = True
     dense_loss_weight: float = Field(default=1.0, ge=0.0)
     category_loss_weight: float = Field(default=0.2, ge=0.0)
+    tile_pooling: Literal["max", "mean"] = Field(
+        default="max",
+        description="how the tile loss pools dense logits (max: as the scan score does)",
+    )
     early_stopping_patience: int | None = Field(default=6, ge=1)
     monitor: str = "val/auroc"
     monitor_mode: Literal["max", "min"] = "max"

@@ -187,9 +187,18 @@ class DenseLogitNet(nn.Module):
         return self.head(self.backbone((images - self.INPUT_MEAN) / self.INPUT_STD))
 
     @staticmethod
-    def tile_logits(dense_logits: torch.Tensor) -> torch.Tensor:
-        """A tile's anomaly logit ``[N]``: the mean of its dense anomaly logits."""
-        return dense_logits[:, 0].mean(dim=(-2, -1))
+    def tile_logits(dense_logits: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+        """A tile's anomaly logit ``[N]``: the mean (or ``"max"``) of its dense anomaly logits.
+
+        The mean is the design's tile logit; the maximum is the tile-sized
+        version of the scan score, which is a maximum over locations.
+        """
+        anomaly = dense_logits[:, 0]
+        if pooling == "max":
+            return anomaly.amax(dim=(-2, -1))
+        if pooling != "mean":
+            raise ValueError(f"tile pooling is 'mean' or 'max', got {pooling!r}")
+        return anomaly.mean(dim=(-2, -1))
 
     @staticmethod
     def tile_category_logits(dense_logits: torch.Tensor) -> torch.Tensor:

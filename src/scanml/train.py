@@ -147,7 +147,9 @@ def train(
     ).to(device)
     if config.train.channels_last:
         network = network.to(memory_format=torch.channels_last)
-    criterion = DenseTileLoss(config.train.dense_loss_weight, config.train.category_loss_weight)
+    criterion = DenseTileLoss(
+        config.train.dense_loss_weight, config.train.category_loss_weight, config.train.tile_pooling
+    )
     optimizer = torch.optim.AdamW(
         _parameter_groups(network, config.train.weight_decay), lr=config.train.lr
     )
@@ -361,9 +363,7 @@ def train_one_epoch(
 
         steps += 1
         n_tiles += images.shape[0]
-        with torch.no_grad():
-            predicted = DenseLogitNet.tile_logits(dense_logits.float()) > 0
-            n_correct += int((predicted == (targets["label"] > 0.5)).sum())
+        n_correct += int(((losses["tile_logits"] > 0) == (targets["label"] > 0.5)).sum())
         for key in totals:
             totals[key] += float(losses[key].detach())
         rate = n_tiles / max(time.perf_counter() - started, 1e-9)
@@ -382,30 +382,39 @@ def train_one_epoch(
 
 
 class DenseTileLoss(nn.Module):
-    """Tile loss on the mean dense logit, plus dense and category terms.
+    """What the network learns from a batch of tiles: where, whether, and what.
 
-    - tile: binary cross-entropy of the tile logit (mean of the dense anomaly
-      logits) against the tile label, as the design prescribes;
-    - dense: per-location cross-entropy against the object mask pooled to
-      the logit grid, which teaches *where* (the scan score is a maximum over
-      locations, so every location of a clean scan must stay low);
+    - dense: per-location cross-entropy of the anomaly logits against the
+      object mask pooled to the logit grid (a location is positive when any
+      of its pixels is inside a box). It teaches *where*, and it is what the
+      scan score needs: the score is a maximum over tens of thousands of
+      locations, so every location of a clean scan must stay low;
+    - tile: cross-entropy of the tile logit against the tile label, with
+      the tile logit pooled from the dense logits. ``"max"`` (the default)
+      is the tile-sized version of the scan score: on a clean tile it pushes
+      down the highest location, on a positive one it asks that at least
+      one location fires. ``"mean"`` is the design's original tile logit,
+      but on a positive tile it pushes up every location, the object's
+      background included, which the dense term must then undo;
     - category: cross-entropy of the category logits averaged over the
       object's locations, on positive tiles only.
     """
 
-    def __init__(self, dense_weight: float = 1.0, category_weight: float = 0.2) -> None:
+    def __init__(
+        self, dense_weight: float = 1.0, category_weight: float = 0.2, tile_pooling: str = "max"
+    ) -> None:
         super().__init__()
         self.dense_weight = dense_weight
         self.category_weight = category_weight
+        self.tile_pooling = tile_pooling
 
     def forward(
         self, dense_logits: torch.Tensor, targets: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         anomaly = dense_logits[:, 0]
         labels = targets["label"].float()
-        tile_loss = F.binary_cross_entropy_with_logits(
-            DenseLogitNet.tile_logits(dense_logits), labels
-        )
+        tile_logits = DenseLogitNet.tile_logits(dense_logits, self.tile_pooling)
+        tile_loss = F.binary_cross_entropy_with_logits(tile_logits, labels)
 
         cells = F.adaptive_max_pool2d(targets["mask"].float()[:, None], anomaly.shape[-2:])[:, 0]
         cells = cells * labels[:, None, None]  # a clean tile is clean everywhere
@@ -426,6 +435,7 @@ class DenseTileLoss(nn.Module):
             "tile_loss": tile_loss.detach(),
             "dense_loss": dense_loss.detach(),
             "category_loss": category_loss.detach(),
+            "tile_logits": tile_logits.detach(),
         }
 
 
