@@ -271,18 +271,7 @@ def _score_records(
             log.warning("skipping %s", exc)
             failed += 1
             continue
-        prediction = predictor.predict(scan)
-        outcomes.append(
-            ScanOutcome(
-                scan_id=record.scan_id,
-                site=record.site,
-                label=record.label,
-                score=prediction.score,
-                peak_xy=prediction.peak_xy,
-                regions=[(r.x, r.y, r.w, r.h) for r in prediction.regions],
-                true_boxes=[(b.x, b.y, b.w, b.h) for b in record.boxes],
-            )
-        )
+        outcomes.append(ScanOutcome.of(record, predictor.predict(scan)))
     return outcomes, failed
 
 

@@ -40,10 +40,15 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score, roc_auc_score
+
+if TYPE_CHECKING:
+    from scanml.data import ScanRecord
+    from scanml.predict import Prediction
 
 __all__ = [
     "Box",
@@ -87,6 +92,19 @@ class ScanOutcome:
     peak_xy: tuple[float, float] | None = None
     regions: Sequence[Box] = ()
     true_boxes: Sequence[Box] = ()
+
+    @classmethod
+    def of(cls, record: ScanRecord, prediction: Prediction) -> ScanOutcome:
+        """A manifest record and the Predictor's result for it."""
+        return cls(
+            scan_id=record.scan_id,
+            site=record.site,
+            label=record.label,
+            score=prediction.score,
+            peak_xy=prediction.peak_xy,
+            regions=[(r.x, r.y, r.w, r.h) for r in prediction.regions],
+            true_boxes=[(b.x, b.y, b.w, b.h) for b in record.boxes],
+        )
 
 
 @dataclass(frozen=True)

@@ -470,7 +470,7 @@ def validate(
             item.prepared, scan_shape_hw=item.shape_hw, scan_spacing_mm=item.spacing_mm
         )
         predictions.append((item, prediction))
-        outcomes.append(_outcome(item.record, prediction))
+        outcomes.append(ScanOutcome.of(item.record, prediction))
     return compute_metrics(outcomes), predictions
 
 
@@ -527,18 +527,6 @@ def _top_locations(
             if len(picked) == count:
                 break
     return picked
-
-
-def _outcome(record: ScanRecord, prediction: Prediction) -> ScanOutcome:
-    return ScanOutcome(
-        scan_id=record.scan_id,
-        site=record.site,
-        label=record.label,
-        score=prediction.score,
-        peak_xy=prediction.peak_xy,
-        regions=[(r.x, r.y, r.w, r.h) for r in prediction.regions],
-        true_boxes=[(b.x, b.y, b.w, b.h) for b in record.boxes],
-    )
 
 
 def _validation_records(
@@ -640,7 +628,7 @@ def _log_figures(
 
     from scanml import plots
 
-    outcomes = [_outcome(item.record, prediction) for item, prediction in predictions]
+    outcomes = [ScanOutcome.of(item.record, prediction) for item, prediction in predictions]
     for name, figure in (
         ("roc.png", plots.plot_roc(outcomes)),
         ("precision_recall.png", plots.plot_pr(outcomes)),
