@@ -369,13 +369,18 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("reports"))
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke check")
+    p.add_argument(
+        "--skip-training",
+        action="store_true",
+        help="leave out the time-to-AUROC training (~25 min on 2 cores)",
+    )
     p.set_defaults(func=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from scanml.bench import run_benchmarks
 
-    path = run_benchmarks(args.out, quick=args.quick)
+    path = run_benchmarks(args.out, quick=args.quick, training=not args.skip_training)
     print(f"benchmark report: {path}")
     return 0
 

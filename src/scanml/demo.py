@@ -75,7 +75,7 @@ def run_demo(
     )
 
     _step("5/5 scoring the new scans")
-    summary = score(
+    score(
         model_uri,
         str(incoming / "scans"),
         processed / "scores.parquet",
@@ -93,7 +93,6 @@ def run_demo(
         "mlflow store": resolve_tracking_uri(),
     }
     _step("done")
-    print(summary)
     for what, where in locations.items():
         print(f"  {what:18s} {where}")
     print("  MLflow UI          make ui  (then open http://127.0.0.1:5000)")
