@@ -324,35 +324,30 @@ def carton_stack(
     )
     canvas.box(material, x0, x1, y0, y1, shape, density=rho, texture=good.texture)
     _carton_walls(canvas, x0, x1, y0, y1, width, carton_h, depth, n_deep)
-    if good.style == "bottles":
+    if good.style in _PACKED_CYLINDERS:
+        wall_material, radius, spacing, shell = _PACKED_CYLINDERS[good.style]
         upright_cylinders(
             canvas,
-            GLASS,
+            wall_material,
             x0,
             x1,
             y0,
             y1,
-            radius=3.8,
-            pitch=width / max(1, round(width / 8.0)),
-            count_deep=n_deep * max(1, round(carton_d / 8.0)),
-            shell=0.35,
-        )
-    elif good.style == "cans":
-        upright_cylinders(
-            canvas,
-            STEEL,
-            x0,
-            x1,
-            y0,
-            y1,
-            radius=4.2,
-            pitch=width / max(1, round(width / 8.8)),
-            count_deep=n_deep * max(1, round(carton_d / 8.8)),
-            shell=0.025,
+            radius=radius,
+            pitch=width / max(1, round(width / spacing)),
+            count_deep=n_deep * max(1, round(carton_d / spacing)),
+            shell=shell,
         )
     elif good.style == "parts":
         _dense_parts(canvas, x0, x1, y0, y1, depth, rng)
     return CargoSlot(x0, x1, y0, y1, good.name, material, rho, content_depth, shape, good.texture)
+
+
+# Cartons of upright containers: (wall material, radius cm, spacing cm, wall cm).
+_PACKED_CYLINDERS: dict[str, tuple[Material, float, float, float]] = {
+    "bottles": (GLASS, 3.8, 8.0, 0.35),
+    "cans": (STEEL, 4.2, 8.8, 0.025),
+}
 
 
 @dataclass(frozen=True)
