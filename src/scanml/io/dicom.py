@@ -57,6 +57,7 @@ from pydicom.uid import (
 from pydicom.valuerep import DSfloat
 
 from scanml import __version__
+from scanml.io.budget import check_codestreams, check_dataset_stream
 from scanml.io.errors import ScanReadError, check_declared_size, check_file_size
 from scanml.io.scan import DecodedImage, Scan
 
@@ -101,12 +102,19 @@ def read_dicom(path: Path, *, max_bytes: int) -> DecodedImage:
         # From memory, not from the file: a forged element length makes
         # pydicom ask the file object for gigabytes, which a real file
         # allocates up front and an in-memory buffer does not.
-        dataset = pydicom.dcmread(io.BytesIO(path.read_bytes()))
+        raw = path.read_bytes()
+        check_dataset_stream(path, raw, max_bytes)
+        dataset = pydicom.dcmread(io.BytesIO(raw))
     except InvalidDicomError as exc:
         raise ScanReadError(path, f"not a DICOM file ({exc})") from exc
     geometry = _ImageGeometry.of(path, dataset)
     check_declared_size(path, geometry.shape, max(geometry.bytes_per_value, 4), max_bytes)
     _require_decoder(path, dataset)
+    syntax = dataset.file_meta.TransferSyntaxUID
+    if syntax.is_encapsulated:
+        check_codestreams(
+            path, dataset.PixelData, syntax, geometry.rows, geometry.columns, geometry.frames
+        )
     intensity = _IntensityEncoding.of(path, dataset, geometry.photometric)
     stored = _decode_pixels(path, dataset).reshape(geometry.shape)
     attenuation, full_scale = _to_attenuation(path, stored, dataset, geometry, intensity)
