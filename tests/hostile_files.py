@@ -76,12 +76,14 @@ def deflate_bomb(directory: Path, inflated_bytes: int = 1_100_000_000) -> Path:
 
 def j2k_size_lie(directory: Path, claimed: int = 16000) -> Path:
     """A JPEG 2000 file whose DICOM header says 64 x 64 and codestream ``claimed`` x ``claimed``."""
-    source = write_scan(small_scan(), directory / "source-j2k.dcm", transfer_syntax=JPEG2000Lossless)
+    source = write_scan(
+        small_scan(), directory / "source-j2k.dcm", transfer_syntax=JPEG2000Lossless
+    )
     dataset = pydicom.dcmread(source)
     source.unlink()
-    fragments = [bytearray(fragment) for fragment in pydicom.encaps.generate_fragments(
-        dataset.PixelData
-    )][1:]
+    fragments = [
+        bytearray(fragment) for fragment in pydicom.encaps.generate_fragments(dataset.PixelData)
+    ][1:]
     frame = fragments[0]
     start = bytes(frame).find(b"\xff\x4f\xff\x51")
     struct.pack_into(">2L", frame, start + 8, claimed, claimed)  # Xsiz, Ysiz
