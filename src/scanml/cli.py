@@ -247,22 +247,37 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
         "--threshold", type=float, default=None, help="override the model's calibrated threshold"
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="score manifest paths outside the manifest's folder (refused by default)",
+    )
+    p.add_argument(
+        "--retry-failed", action="store_true", help="score again the files of error rows"
+    )
     p.set_defaults(func=_run_score)
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    from scanml.scoring import score
+    from scanml.scoring import ScoringError, TableLockedError, score
 
-    summary = score(
-        args.model,
-        args.input,
-        args.out,
-        overlays=args.overlays,
-        tdr=args.tdr,
-        workers=args.workers,
-        device=args.device,
-        threshold=args.threshold,
-    )
+    try:
+        summary = score(
+            args.model,
+            args.input,
+            args.out,
+            overlays=args.overlays,
+            tdr=args.tdr,
+            workers=args.workers,
+            device=args.device,
+            threshold=args.threshold,
+            allow_outside=args.allow_outside,
+            retry_failed=args.retry_failed,
+        )
+    except (ScoringError, TableLockedError, FileNotFoundError) as exc:
+        raise UserFacingError(str(exc)) from None
+    if summary.outputs_failed:
+        return 1
     return 0 if summary.scanned or not summary.failed else 1
 
 

@@ -203,7 +203,12 @@ def score(
     for folder, name in ((overlays_dir, "--overlays"), (tdr_dir, "--tdr")):
         if folder is not None:
             _warn_if_unwritable(folder, name, progress)
-    resolved_inputs = resolve_job_inputs(inputs, allow_outside=allow_outside)
+    if workers is not None and workers < 0:
+        raise ScoringError(f"--workers {workers}: must be 0 or more")
+    try:
+        resolved_inputs = resolve_job_inputs(inputs, allow_outside=allow_outside)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ScoringError(f"--input: {exc}") from None
     _report_duplicates(resolved_inputs.duplicates, progress)
     # A folder of outputs inside the input folder must not become input on a rerun.
     items = [
