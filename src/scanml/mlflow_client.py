@@ -10,6 +10,7 @@ around the whole resolution, and fails with one line naming the server.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -111,6 +112,8 @@ def _registry_model(uri: str, match: re.Match[str]) -> ResolvedModel:
     server = resolve_tracking_uri()
     client = MlflowClient(server)
     name, alias, version = match["name"], match["alias"], match["version"]
+    # Each retry would log a warning; the one line that matters is the error below.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
         if alias is not None:
             found = client.get_model_version_by_alias(name, alias)
