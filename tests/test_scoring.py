@@ -28,13 +28,12 @@ from scanml.io import Scan, read_scan, write_scan
 from scanml.models import ModelBundle, create_model
 from scanml.predict import Predictor
 from scanml.preprocess import Preprocessing
+from scanml.score_rows import ScanTooLargeError, check_model_grid
 from scanml.scores_table import ScoresTable
 from scanml.scoring import (
     SCORE_COLUMNS,
     SCORES_SCHEMA,
-    ScanTooLargeError,
     ScoringError,
-    _check_model_grid,
     resolve_inputs,
     score,
     score_paths,
@@ -391,7 +390,7 @@ def test_a_forged_spacing_is_refused_before_resampling(model_dir: Path, tmp_path
     # Within the plausible range, the size on the model's grid is bounded too.
     scan = Scan(np.zeros((1, 2000, 3000), np.float32), (40.0, 40.0), ["high"], {})
     with pytest.raises(ScanTooLargeError, match="over the budget of 40000000 pixels"):
-        _check_model_grid(scan, Preprocessing(channels=("high",), spacing_mm=8.0))
+        check_model_grid(scan, Preprocessing(channels=("high",), spacing_mm=8.0))
 
 
 @contextlib.contextmanager

@@ -39,10 +39,8 @@ the MLflow pyfunc model calls it, so ``mlflow models predict`` and
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -52,20 +50,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
-import torch
 from tqdm.auto import tqdm
 
 from scanml.decode_pool import guarded_map
-from scanml.io import Scan, read_scan
 from scanml.mlflow_client import ModelSourceError, ResolvedModel, TrackingServerError, resolve_model
 from scanml.models import ModelBundle
-from scanml.plots import save_overlay
-from scanml.predict import Prediction, Predictor, Region
-from scanml.preprocess import Preprocessing, model_grid_shape, prepare
+from scanml.predict import Predictor
 from scanml.score_inputs import InputItem, file_item, resolve_inputs, resolve_job_inputs
+from scanml.score_rows import (
+    MAX_MODEL_PIXELS,
+    Decoded,
+    ScanScorer,
+    decode,
+    decode_in_worker,
+    failed_decode,
+    file_stems,
+)
 from scanml.scores_table import (
     REGION_TYPE,
     SCORE_COLUMNS,
@@ -74,7 +76,6 @@ from scanml.scores_table import (
     TableLockedError,
     fingerprint,
 )
-from scanml.tdr import write_tdr
 
 __all__ = [
     "MAX_MODEL_PIXELS",
@@ -100,10 +101,6 @@ _DEFAULT_MAX_WORKERS = 8
 # A file whose decoding takes longer than this (a real 25-megapixel scan
 # takes seconds) is stopped and becomes an error row.
 DEFAULT_DECODE_TIMEOUT_S = 300.0
-# The largest scan on the model's grid, pixels per channel: a 40 ft container
-# at 1 mm per pixel is about 30 million. A forged spacing (64 mm instead of
-# 4) asks for hundreds of millions; refused before resampling.
-MAX_MODEL_PIXELS = 40_000_000
 # Decoded pixels go from the workers through shared memory only when
 # /dev/shm has this much room: Docker's default of 64 MB would kill the job
 # with a bus error on the first large scan (and again on every rerun).
@@ -231,14 +228,14 @@ def score(
                     f"--model {model_uri}: its threshold {bundle.threshold} is not a finite"
                     " number; pass --threshold"
                 )
-            scorer = _ScanScorer(
+            scorer = ScanScorer(
                 predictor=Predictor(bundle, device=device),
                 model_uri=model_uri,
                 model=model,
                 threshold=bundle.threshold if threshold is None else float(threshold),
                 overlays=overlays_dir,
                 tdr=tdr_dir,
-                file_stems=_file_stems(items),
+                file_stems=file_stems(items),
                 fingerprints=fingerprints,
                 timings=timings,
             )
@@ -286,7 +283,7 @@ def score_paths(
     so it equals ``pandas.read_parquet`` of a table :func:`score` wrote
     (up to ``seconds``, the output file columns and the resolved model).
     """
-    scorer = _ScanScorer(
+    scorer = ScanScorer(
         predictor=predictor,
         model_uri=model_uri,
         model=ResolvedModel(model_uri, model_uri),
@@ -302,7 +299,7 @@ def score_paths(
     for path in paths:
         item = file_item(Path(os.path.abspath(path)))
         scorer.fingerprints[item.path] = fingerprint(item.path)
-        rows.append(scorer.row_for(_decode(item, preprocessing)))
+        rows.append(scorer.row_for(decode(item, preprocessing)))
     return pa.Table.from_pylist(rows, schema=SCORES_SCHEMA).to_pandas()
 
 
@@ -425,7 +422,7 @@ class _Counts:
 
 
 def _run(
-    scorer: _ScanScorer,
+    scorer: ScanScorer,
     todo: list[InputItem],
     table: ScoresTable,
     *,
@@ -438,17 +435,17 @@ def _run(
     workers = _default_workers() if workers is None else workers
     preprocessing = scorer.predictor.bundle.preprocessing
     if workers == 0:
-        decoded_scans: Iterable[_Decoded] = (_decode(item, preprocessing) for item in todo)
+        decoded_scans: Iterable[Decoded] = (decode(item, preprocessing) for item in todo)
     else:
         decoded_scans = guarded_map(
             functools.partial(
-                _decode_in_worker,
+                decode_in_worker,
                 preprocessing=preprocessing,
                 share_memory=_shared_memory_is_roomy(),
             ),
             todo,
             workers=workers,
-            on_failure=_failed_decode,
+            on_failure=failed_decode,
             timeout_s=decode_timeout_s,
         )
     counts = _Counts()
@@ -471,9 +468,7 @@ def _run(
     return counts
 
 
-def _timing_waits(
-    decoded_scans: Iterable[_Decoded], timings: dict[str, float]
-) -> Iterator[_Decoded]:
+def _timing_waits(decoded_scans: Iterable[Decoded], timings: dict[str, float]) -> Iterator[Decoded]:
     """The decoded scans, adding the time spent waiting for each to ``timings["decode_wait"]``."""
     iterator = iter(decoded_scans)
     while True:
@@ -495,252 +490,3 @@ def _shared_memory_is_roomy() -> bool:
         return shutil.disk_usage("/dev/shm").free >= _MIN_SHARED_MEMORY_BYTES
     except OSError:  # no /dev/shm (macOS)
         return False
-
-
-@dataclass
-class _Decoded:
-    """A scan read and prepared for the model, or why that failed.
-
-    ``prepared`` is the model's input (float32 [C, H', W'] on the model
-    grid); the scan itself is kept for its overlay, report and size.
-    Between a worker and the main process both pixel arrays can travel as
-    torch tensors, which move through shared memory; numpy arrays are
-    pickled through a pipe (100 MB for a large dual-energy scan).
-    """
-
-    item: InputItem
-    scan: Scan | None
-    prepared: np.ndarray | torch.Tensor | None
-    error: str | None
-    seconds: float
-
-    def to_tensors(self) -> _Decoded:
-        """Pixels as tensors, for the trip to the main process."""
-        if self.scan is not None:  # from_numpy refuses negative strides: make them contiguous
-            self.scan.attenuation = torch.from_numpy(np.ascontiguousarray(self.scan.attenuation))
-            self.prepared = torch.from_numpy(np.ascontiguousarray(self.prepared))
-        return self
-
-    def to_arrays(self) -> _Decoded:
-        """Pixels back as numpy arrays (no copy), as the rest of scanml expects them."""
-        if self.scan is not None and isinstance(self.prepared, torch.Tensor):
-            self.scan.attenuation = self.scan.attenuation.numpy()
-            self.prepared = self.prepared.numpy()
-        return self
-
-
-def _decode_in_worker(
-    item: InputItem, *, preprocessing: Preprocessing, share_memory: bool
-) -> _Decoded:
-    decoded = _decode(item, preprocessing)
-    return decoded.to_tensors() if share_memory else decoded
-
-
-def _failed_decode(item: InputItem, reason: str) -> _Decoded:
-    """The row of a file whose decoding process died or hung."""
-    return _Decoded(item, None, None, f"DecoderCrash: {reason}", 0.0)
-
-
-def _decode(item: InputItem, preprocessing: Preprocessing) -> _Decoded:
-    """Read one scan and prepare it; a failure of any kind becomes the error text of its row.
-
-    Besides unreadable files (ScanReadError), ``prepare`` refuses for
-    instance a single-energy scan given to a dual-energy model, and a scan
-    whose spacing would make it larger than :data:`MAX_MODEL_PIXELS` on
-    the model's grid is refused before resampling.
-    """
-    started = time.perf_counter()
-    if item.refusal is not None:
-        return _Decoded(item, None, None, item.refusal, 0.0)
-    try:
-        scan = read_scan(item.path, spacing_mm=item.spacing_mm, site=item.site)
-        _check_model_grid(scan, preprocessing)
-        prepared = prepare(scan, preprocessing)
-    except Exception as exc:  # the file's row says why; the job carries on
-        return _Decoded(item, None, None, _error_text(exc), time.perf_counter() - started)
-    return _Decoded(item, scan, prepared, None, time.perf_counter() - started)
-
-
-class ScanTooLargeError(ValueError):
-    """A scan that the model's grid would make larger than :data:`MAX_MODEL_PIXELS`."""
-
-
-def _check_model_grid(scan: Scan, preprocessing: Preprocessing) -> None:
-    height, width = model_grid_shape((scan.height, scan.width), scan.spacing_mm, preprocessing)
-    if height * width > MAX_MODEL_PIXELS:
-        raise ScanTooLargeError(
-            f"{scan.height} x {scan.width} pixels at {scan.spacing_mm[0]:g} x"
-            f" {scan.spacing_mm[1]:g} mm become {height} x {width} on the model's"
-            f" {preprocessing.spacing_mm:g} mm grid, over the budget of {MAX_MODEL_PIXELS} pixels"
-        )
-
-
-@dataclass
-class _ScanScorer:
-    """Turns a decoded scan into its table row, writing its overlay and report on the way."""
-
-    predictor: Predictor
-    model_uri: str
-    model: ResolvedModel
-    threshold: float
-    overlays: Path | None
-    tdr: Path | None
-    file_stems: dict[Path, str]
-    fingerprints: dict[Path, str | None]
-    timings: dict[str, float]
-
-    def row_for(self, decoded: _Decoded) -> dict[str, Any]:
-        """The row for one scan; any exception while scoring it becomes an error row."""
-        self.timings["decode"] += decoded.seconds
-        if decoded.scan is None:
-            return self._row(decoded.item, error=decoded.error, seconds=decoded.seconds)
-        started = time.perf_counter()
-        decoded.to_arrays()
-        try:
-            return self._scored_row(decoded.item, decoded.scan, decoded.prepared, decoded.seconds)
-        except Exception as exc:  # one bad scan must not stop the job
-            seconds = decoded.seconds + time.perf_counter() - started
-            return self._row(decoded.item, error=_error_text(exc), seconds=seconds)
-
-    def commit(self, table: ScoresTable, rows: list[dict[str, Any]]) -> None:
-        started = time.perf_counter()
-        table.append(rows)
-        self.timings["write"] += time.perf_counter() - started
-
-    def _scored_row(
-        self, item: InputItem, scan: Scan, prepared: np.ndarray, decode_seconds: float
-    ) -> dict[str, Any]:
-        model_started = time.perf_counter()
-        prediction = self.predictor.predict_array(
-            prepared, scan_shape_hw=(scan.height, scan.width), scan_spacing_mm=scan.spacing_mm
-        )
-        model_seconds = time.perf_counter() - model_started
-        self.timings["model"] += model_seconds
-        # The job's own rule rather than prediction.flagged: the threshold may
-        # be overridden, and scanml flags strictly above it (scanml.metrics).
-        flagged = bool(prediction.score > self.threshold)
-
-        write_started = time.perf_counter()
-        failures: list[str] = []
-        overlay = report = None
-        if flagged and self.overlays is not None:
-            overlay = _side_output("overlay", failures, self._write_overlay, item, scan, prediction)
-        if self.tdr is not None:
-            report = _side_output(
-                "tdr", failures, self._write_report, item, scan, prediction, flagged, model_seconds
-            )
-        write_seconds = time.perf_counter() - write_started
-        self.timings["write"] += write_seconds
-        return self._row(
-            item,
-            site=item.site or scan.meta.get("site"),
-            score=float(prediction.score),
-            flagged=flagged,
-            regions=[self._region_record(region) for region in prediction.regions],
-            height=scan.height,
-            width=scan.width,
-            seconds=decode_seconds + model_seconds + write_seconds,
-            overlay=str(overlay) if overlay else None,
-            tdr=str(report) if report else None,
-            output_error="; ".join(failures) or None,
-        )
-
-    def _row(self, item: InputItem, **values: Any) -> dict[str, Any]:
-        """A table row: ``values`` over the defaults of an error row."""
-        row = {
-            "scan_id": item.scan_id,
-            "path": str(item.path),
-            "site": item.site,
-            "score": None,
-            "flagged": None,
-            "threshold": self.threshold,
-            "regions": [],
-            "model_uri": self.model_uri,
-            "error": None,
-            "height": None,
-            "width": None,
-            "overlay": None,
-            "tdr": None,
-            "output_error": None,
-            "fingerprint": self.fingerprints.get(item.path),
-            "model_name": self.model.name,
-            "model_version": self.model.version,
-            "model_run_id": self.model.run_id,
-        }
-        row.update(values)
-        return row
-
-    def _region_record(self, region: Region) -> dict[str, Any]:
-        return {
-            "x": float(region.x),
-            "y": float(region.y),
-            "w": float(region.w),
-            "h": float(region.h),
-            "score": float(region.score),
-            "category": region.category,
-        }
-
-    def _write_overlay(self, item: InputItem, scan: Scan, prediction: Prediction) -> Path:
-        return save_overlay(
-            scan,
-            prediction,
-            self.overlays / f"{self.file_stems[item.path]}.png",
-            title=f"{item.scan_id}  score {prediction.score:.3f} > {self.threshold:.3f}",
-            heat_floor=self.predictor.bundle.region_threshold,
-        )
-
-    def _write_report(
-        self,
-        item: InputItem,
-        scan: Scan,
-        prediction: Prediction,
-        flagged: bool,
-        model_seconds: float,
-    ) -> Path:
-        described = self.model.describe()
-        return write_tdr(
-            self.tdr / f"{self.file_stems[item.path]}.dcm",
-            scan_meta=scan.meta,
-            prediction_regions=prediction.regions,
-            score=float(prediction.score),
-            threshold=self.threshold,
-            flagged=flagged,
-            model_uri=self.model_uri
-            if described == self.model_uri
-            else f"{self.model_uri} = {described}",
-            class_names=self.predictor.bundle.class_names,
-            processing_ms=model_seconds * 1000,
-        )
-
-
-def _side_output(kind: str, failures: list[str], write, *args: Any) -> Path | None:
-    """``write(*args)``, or None with the reason added to ``failures``: the score never depends on it."""
-    try:
-        return write(*args)
-    except Exception as exc:
-        failures.append(f"{kind}: {_error_text(exc)}")
-        return None
-
-
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _file_stems(items: Sequence[InputItem]) -> dict[Path, str]:
-    """A file name (without suffix) for each input's overlay and report.
-
-    The scan id, made safe for a file name; where two inputs share one
-    (``a/1.dcm`` and ``b/1.dcm``), a short hash of the path tells them
-    apart. Computed over all inputs, so a rerun names every file the same.
-    """
-    safe = {item.path: re.sub(r"[^A-Za-z0-9._-]", "_", item.scan_id) or "scan" for item in items}
-    safe = {path: "_" + name if name.startswith(".") else name for path, name in safe.items()}
-    seen: dict[str, int] = {}
-    for name in safe.values():
-        seen[name] = seen.get(name, 0) + 1
-    return {
-        path: name
-        if seen[name] == 1
-        else f"{name}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-        for path, name in safe.items()
-    }
