@@ -29,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.command in ("evaluate", "compare", "promote"):
+        from scanml.mlflow_client import bound_client_calls
+
+        bound_client_calls()  # a tracking server that is down fails in seconds, not minutes
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

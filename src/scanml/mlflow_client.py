@@ -20,6 +20,7 @@ __all__ = [
     "ModelSourceError",
     "ResolvedModel",
     "TrackingServerError",
+    "bound_client_calls",
     "resolve_model",
 ]
 
@@ -72,6 +73,13 @@ class ResolvedModel:
         return self.run_id == run_id
 
 
+def bound_client_calls() -> None:
+    """Bound every MLflow HTTP call of this process as scoring does (values exported win)."""
+    from scanml.tracking import bound_http_retries
+
+    bound_http_retries(SCORING_MAX_RETRIES, SCORING_TIMEOUT_S)
+
+
 def resolve_model(uri: str, *, deadline_s: float = RESOLVE_DEADLINE_S) -> ResolvedModel:
     """Which model ``uri`` names: a registry version, a run's model, or a local folder.
 
@@ -106,9 +114,9 @@ def _registry_model(uri: str, match: re.Match[str]) -> ResolvedModel:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from scanml.tracking import bound_http_retries, resolve_tracking_uri
+    from scanml.tracking import resolve_tracking_uri
 
-    bound_http_retries(SCORING_MAX_RETRIES, SCORING_TIMEOUT_S)
+    bound_client_calls()
     server = resolve_tracking_uri()
     client = MlflowClient(server)
     name, alias, version = match["name"], match["alias"], match["version"]
