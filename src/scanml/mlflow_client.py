@@ -61,7 +61,8 @@ class ResolvedModel:
 
     def describe(self) -> str:
         if self.name is not None:
-            return f"{self.name} version {self.version} (run {self.run_id})"
+            run = f" (run {self.run_id})" if self.run_id else ""
+            return f"{self.name} version {self.version}{run}"
         if self.run_id is not None:
             return f"run {self.run_id}"
         return self.uri

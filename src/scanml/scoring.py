@@ -380,11 +380,13 @@ def _todo(
     ).to_pylist()
     for row in rows:
         if not _same_model(model, row):
-            recorded = (
-                f"{row['model_name']} version {row['model_version']} (run {row['model_run_id']})"
-                if row["model_name"]
-                else row["model_run_id"] or row["model_uri"]
-            )
+            recorded = ResolvedModel(
+                row["model_uri"],
+                row["model_uri"],
+                row["model_name"],
+                row["model_version"],
+                row["model_run_id"],
+            ).describe()
             raise ScoringError(
                 f"{table.out} holds scores of {recorded}, but {model.uri} is now"
                 f" {model.describe()}: scores of two models are never mixed in one table;"
