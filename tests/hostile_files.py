@@ -61,15 +61,15 @@ def deflate_bomb(directory: Path, inflated_bytes: int = 1_100_000_000) -> Path:
     body = zlib.decompress(data[meta_end:], -zlib.MAX_WBITS)
     padding = inflated_bytes - len(body)
     compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    parts = [compressor.compress(body)]
     # then a private OB element of zeros, as long as wanted
-    parts.append(compressor.compress(struct.pack("<HH2sHL", 0x0009, 0x1000, b"OB", 0, padding)))
-    zeros = bytes(1 << 24)
-    while padding > 0:
-        chunk = zeros[: min(padding, len(zeros))]
-        parts.append(compressor.compress(chunk))
-        padding -= len(chunk)
-    parts.append(compressor.flush())
+    element = struct.pack("<HH2sHL", 0x0009, 0x1000, b"OB", 0, padding)
+    parts = [compressor.compress(body + element), compressor.flush(zlib.Z_FULL_FLUSH)]
+    # After a full flush a block depends on nothing before it: compress 16 MiB of
+    # zeros once and repeat the bytes, instead of compressing a gigabyte.
+    chunk = 1 << 24
+    block = compressor.compress(bytes(chunk)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    parts.append(block * (padding // chunk))
+    parts.append(compressor.compress(bytes(padding % chunk)) + compressor.flush())
     target.write_bytes(data[:meta_end] + b"".join(parts))
     return target
 

@@ -107,7 +107,7 @@ def _bases(folder: Path) -> list[Path]:
         JPEG2000Lossless,
         HTJ2KLossless,
     ):
-        if syntax.is_encapsulated and not get_encoder(syntax).is_available:
+        if syntax.is_encapsulated and not _can_encode(syntax):
             continue
         bases.append(
             write_scan(scan, folder / f"dual-{syntax.name[:20]}.dcm", transfer_syntax=syntax)
@@ -124,6 +124,13 @@ def _bases(folder: Path) -> list[Path]:
         dataset.save_as(folder / f"pydicom-{name}")
         bases.append(folder / f"pydicom-{name}")
     return bases
+
+
+def _can_encode(syntax: str) -> bool:
+    try:
+        return get_encoder(syntax).is_available
+    except NotImplementedError:  # pydicom has no encoder for it at all
+        return False
 
 
 def _mutants(bases: list[Path], folder: Path, count: int, seed: int) -> list[Path]:
