@@ -304,3 +304,26 @@ def test_a_simulated_dataset_flows_through_the_augmenting_loader(tmp_path: Path)
     for tile in emitted:
         assert tile.image.dtype == np.float32 and 0 <= tile.image.min() <= tile.image.max() <= 1
         assert (tile.mask.sum() > 0) == (tile.label == 1)
+
+
+def test_beam_profile_is_a_smooth_row_offset_of_the_drawn_amplitude() -> None:
+    transform = TrainTransform(
+        **OFF | {"beam_profile": 1.0, "beam_profile_amplitude": (0.04, 0.04)}
+    )
+    tile = make_tile(0.3, channels=2)
+    for seed in range(5):
+        offsets = (transform(tile, np.random.default_rng(seed)).image - tile.image)[0]
+        offsets *= ATTENUATION_SCALE
+        np.testing.assert_allclose(offsets, offsets[:, :1] * np.ones_like(offsets), atol=1e-5)
+        profile = offsets[:, 0]
+        assert abs(np.abs(profile).max() - 0.04) < 1e-4  # a 4 % profile at its peak
+        assert np.abs(np.diff(profile, 2)).max() < 1e-3  # smooth: no streaks
+
+
+def test_saturation_clips_attenuation_at_the_drawn_level() -> None:
+    transform = TrainTransform(**OFF | {"saturation": 1.0, "saturation_range": (6.0, 6.0)})
+    tile = make_tile(np.linspace(0, 1, SIZE, dtype=np.float32)[None, :], channels=1)
+    out = transform(tile, np.random.default_rng(0)).image * ATTENUATION_SCALE
+    assert out.max() == pytest.approx(6.0, abs=1e-5)
+    below = tile.image * ATTENUATION_SCALE < 6.0
+    np.testing.assert_allclose(out[below], (tile.image * ATTENUATION_SCALE)[below], atol=1e-5)
