@@ -106,6 +106,12 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--skip-existing", action="store_true", help="keep scans already written (resume)"
     )
+    p.add_argument(
+        "--vary-acquisition",
+        action="store_true",
+        help="draw each scan's flux, blur, streaks, pixel pitch and saturation around its "
+        "site's (scanners differ as much as scenes do)",
+    )
     p.set_defaults(func=_run_synth)
 
 
@@ -123,6 +129,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         file_format=args.file_format,
         workers=args.workers,
         skip_existing=args.skip_existing,
+        vary_acquisition=args.vary_acquisition,
     )
     print(summary)
     return 0
