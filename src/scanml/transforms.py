@@ -178,7 +178,12 @@ class ThreatProjector:
     ``generated`` brick stacks from the simulator, drawn with probability
     ``synthetic_fraction`` when both pools hold objects. The tile becomes
     positive: label 1, its mask set over the object's rectangle, its
-    category the object's, its source ``"tip"``. Mined hard negatives
+    category the object's, its source ``"tip"``. The object lands only
+    where the tile holds material (median attenuation under it at least
+    ``min_background``, model units) and only when it adds at least
+    ``min_contrast`` at its densest: otherwise the tile stays clean, because
+    a threat floating in air or too faint to see is a label without a
+    signal. Mined hard negatives
     (source ``"hard"``) are left alone: they are the scarce examples of what
     the current model mistakes for a threat.
     """
@@ -191,6 +196,8 @@ class ThreatProjector:
         rate: float = 0.25,
         depth_range: tuple[float, float] = (0.5, 1.5),
         synthetic_fraction: float = 0.5,
+        min_contrast: float = 0.1 / ATTENUATION_SCALE,
+        min_background: float = 0.5 / ATTENUATION_SCALE,
     ) -> None:
         if not objects and not generated:
             raise ValueError("threat image projection needs at least one object")
@@ -202,6 +209,8 @@ class ThreatProjector:
         self.generated = list(generated)
         self.rate = rate
         self.depth_range = depth_range
+        self.min_contrast = min_contrast
+        self.min_background = min_background
         self.synthetic_fraction = (
             synthetic_fraction if objects and generated else float(bool(generated))
         )
@@ -259,10 +268,30 @@ class ThreatProjector:
         top = int(rng.integers(image.shape[1] - height + 1))
         left = int(rng.integers(image.shape[2] - width + 1))
         image = image[:, top : top + height, left : left + width]
-        y, x = int(rng.integers(size - height + 1)), int(rng.integers(size - width + 1))
-        return self.project(
-            tile, image, y, x, float(rng.uniform(*self.depth_range)), threat.category
-        )
+        depth = float(rng.uniform(*self.depth_range))
+        if depth * float(image[0].max(initial=0.0)) < self.min_contrast:
+            return tile  # too faint to see: a positive label on it would only be noise
+        place = self._inside_cargo(tile.image[0], height, width, rng)
+        if place is None:
+            return tile
+        return self.project(tile, image, *place, depth, threat.category)
+
+    def _inside_cargo(
+        self, image: np.ndarray, height: int, width: int, rng: np.random.Generator
+    ) -> tuple[int, int] | None:
+        """A place for the object where the tile holds cargo or structure, not open air.
+
+        Contraband is carried in containers and vehicles: an object pasted
+        into the air above a container is a positive no scan will ever
+        show, and it teaches the network that threats float. A few random
+        places are tried; the tile is left clean when none is inside.
+        """
+        size = image.shape[0]
+        for _ in range(8):
+            y, x = int(rng.integers(size - height + 1)), int(rng.integers(size - width + 1))
+            if float(np.median(image[y : y + height, x : x + width])) >= self.min_background:
+                return y, x
+        return None
 
     @staticmethod
     def project(
