@@ -136,7 +136,8 @@ class _Worker(Generic[Task]):
 
     def give(self, task: Task) -> None:
         self.task, self.started = task, time.monotonic()
-        self.connection.send(task)
+        with contextlib.suppress(OSError):  # died just now: its sentinel reports it next
+            self.connection.send(task)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
