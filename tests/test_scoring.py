@@ -699,3 +699,38 @@ def test_a_tracking_server_that_is_down_fails_scoring_in_under_30_s(
         " is it running?"
     ]
     assert not out.exists()
+
+
+_ORPHANED_WORKERS = """
+import os, sys, time
+from scanml.decode_pool import guarded_map
+
+def slow(task):
+    print(os.getpid(), flush=True)
+    time.sleep(task)
+    return task
+
+for _ in guarded_map(slow, [2.0, 2.0, 60.0], workers=2, on_failure=lambda task, why: why):
+    pass
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in state  # a zombie has exited; nobody may reap it in a container
+
+
+def test_decoding_workers_exit_when_the_job_is_killed() -> None:
+    job = subprocess.Popen(
+        [sys.executable, "-c", _ORPHANED_WORKERS], stdout=subprocess.PIPE, text=True
+    )
+    workers = {int(job.stdout.readline()) for _ in range(2)}
+    job.kill()  # as the OOM killer would kill the job itself
+    job.wait()
+    deadline = time.monotonic() + 60
+    while any(_running(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a decoding worker outlived its job by a minute"
+        time.sleep(0.2)

@@ -56,11 +56,11 @@ def guarded_map(
     try:
         while pending or any(worker.task is not None for worker in pool):
             while pending and len(pool) < workers:
-                pool.append(_Worker.start(context, function))
+                pool.append(_Worker.start(context, function, pool))
             for index, worker in enumerate(pool):
                 if worker.task is None and not worker.process.is_alive():
                     worker.kill()  # it answered, then died: a panic's aftermath
-                    pool[index] = _Worker.start(context, function)
+                    pool[index] = _Worker.start(context, function, pool)
             for worker in pool:
                 if worker.task is None and pending:
                     worker.give(pending.pop())
@@ -102,12 +102,12 @@ def _collect(
                 continue
             reason = f"decoding took longer than {timeout_s:g} s: its process was stopped"
             worker.kill()
-            pool[index] = _Worker.start(context, function)
+            pool[index] = _Worker.start(context, function, pool)
             yield on_failure(task, reason)
             continue
         worker.kill()
         reason = _death(worker.process.exitcode)
-        pool[index] = _Worker.start(context, function)
+        pool[index] = _Worker.start(context, function, pool)
         yield on_failure(task, reason)
 
 
@@ -127,9 +127,14 @@ class _Worker(Generic[Task]):
     started: float = 0.0
 
     @classmethod
-    def start(cls, context: Any, function: Callable[[Task], Any]) -> _Worker[Task]:
+    def start(
+        cls, context: Any, function: Callable[[Task], Any], pool: list[_Worker[Any]]
+    ) -> _Worker[Task]:
+        """A new worker; it closes the parent's ends of every pipe it inherits (its own too),
+        so that it sees end-of-file, and exits, as soon as the parent is gone."""
         parent_end, child_end = context.Pipe()
-        process = context.Process(target=_serve, args=(child_end, function), daemon=True)
+        inherited = [parent_end, *(worker.connection for worker in pool)]
+        process = context.Process(target=_serve, args=(child_end, function, inherited), daemon=True)
         process.start()
         child_end.close()
         return cls(process, parent_end)
@@ -154,9 +159,14 @@ class _Worker(Generic[Task]):
         self.connection.close()
 
 
-def _serve(connection: Connection, function: Callable[[Any], Any]) -> None:
+def _serve(
+    connection: Connection, function: Callable[[Any], Any], inherited: list[Connection]
+) -> None:
     """A worker's life: one task at a time until told to stop or the parent is gone."""
     import torch
+
+    for parent_end in inherited:
+        parent_end.close()
 
     torch.set_num_threads(1)  # as a DataLoader worker: the cores are shared
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
