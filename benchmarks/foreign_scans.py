@@ -1017,7 +1017,7 @@ def _drums(cv: Canvas, x0, x1, box: Box3, rng, slots) -> str:
     if rng.random() < 0.3:
         return _ibcs(cv, x0, x1, box, rng, slots)
     r, h = 0.293, 0.88
-    n_across = int(rng.integers(2, 5))
+    n_across = int(rng.integers(1, 4))
     rho = rng.uniform(0.75, 1.3)
     layers = 2 if (box.z1 - box.z0) > 2.0 and rng.random() < 0.5 else 1
     x = x0
@@ -1135,28 +1135,52 @@ def _timber(cv: Canvas, x0, x1, box: Box3, rng, slots) -> str:
 def _scrap(cv: Canvas, x0, x1, box: Box3, rng, slots) -> str:
     """A heap of scrap: plates, sections and pipes in random orientations."""
     heap_h = min(box.z1 - box.z0 - 0.1, rng.uniform(0.8, 1.8))
-    n = int((x1 - x0) * rng.uniform(25, 45))
+    depth = box.width_cm * rng.uniform(0.6, 0.9)
+    fines = rng.uniform(0.04, 0.12)  # g/cm^3 of iron in the small debris filling the heap
+    tex = cv.texture(x0, x1, box.z0, box.z0 + heap_h)
+    lumps = rng.uniform(0.25, 0.6)
+
+    def heap_top(xs):
+        u = (xs - x0) / (x1 - x0)
+        return box.z0 + heap_h * (0.55 + 0.45 * np.clip(np.sin(np.pi * u), 0, 1) ** 0.6)
+
+    def mound(xs, zs):
+        below = np.clip((heap_top(xs) - zs) / 0.15, 0, 1)
+        return depth * fines * below * np.clip(1 + lumps * tex(xs, zs), 0.2, None)
+
+    cv.paint(FE, x0, x1, box.z0, box.z0 + heap_h, mound)
+    n = int((x1 - x0) * rng.uniform(50, 90))
     for _ in range(n):
         cx = rng.uniform(x0 + 0.1, x1 - 0.1)
         u = (cx - x0) / (x1 - x0)
-        h_here = heap_h * (0.6 + 0.4 * math.sin(math.pi * u))
-        cz = box.z0 + h_here * rng.beta(1.2, 1.6)
-        length = rng.uniform(0.1, 1.2)
-        height = rng.uniform(0.005, 0.12)
+        h_here = heap_h * (0.55 + 0.45 * math.sin(math.pi * u) ** 0.6)
+        cz = box.z0 + h_here * rng.beta(1.3, 2.0)
+        length = rng.uniform(0.1, 1.0)
+        height = rng.uniform(0.005, 0.25)
         kind = rng.random()
-        if kind < 0.5:  # plate seen edge-on or face-on
-            areal = rng.uniform(0.3, 3.0) * STEEL if height > 0.03 else rng.uniform(10, 60) * STEEL
+        if kind < 0.55:  # plate face-on (a few cm of steel) or edge-on (tens of cm)
+            areal = rng.uniform(0.3, 2.5) * STEEL if height > 0.03 else rng.uniform(8, 40) * STEEL
         elif kind < 0.8:  # section
-            areal = rng.uniform(1.0, 8.0) * STEEL
+            areal = rng.uniform(1.0, 6.0) * STEEL
         else:  # pipe: a chord profile across its diameter
-            rad = height / 2 + 0.01
+            rad = height / 4 + 0.01
+            wall = rng.uniform(0.3, 1.0)
 
-            def areal(u_, v_, rad=rad):
-                return _ring_chord(v_, rad, rad * 0.8) * 100 * STEEL * rng.uniform(0.3, 1.0)
+            def areal(u_, v_, rad=rad, wall=wall):
+                return _ring_chord(v_, rad, rad * 0.8) * 100 * STEEL * wall
 
         cv.rotated_rect(FE, cx, cz, length, height, rng.uniform(0, math.pi), areal)
     slots.append(
-        Slot("cargo", x0 + 0.2, x1 - 0.2, box.z0 + 0.05, box.z0 + heap_h * 0.9, FE, 0.15, 150)
+        Slot(
+            "cargo",
+            x0 + 0.2,
+            x1 - 0.2,
+            box.z0 + 0.05,
+            box.z0 + heap_h * 0.5,
+            FE,
+            fines + 0.1,
+            depth,
+        )
     )
     return "scrap metal"
 
@@ -1357,6 +1381,8 @@ def _load(cv: Canvas, box: Box3, rng: np.random.Generator, slots: list[Slot]) ->
     for kind, s0, s1 in zip(kinds, edges[:-1], edges[1:], strict=True):
         if s1 - s0 < 1.3:
             continue
+        if kind == "cars" and s1 - s0 < 3.9:
+            kind = "cartons"
         fn = CARGO[kind]
         if kind == "cartons":
             done.append(fn(cv, s0, s1, box, rng, slots, dense_ok=box.kind != "reefer" or True))
@@ -1450,21 +1476,28 @@ def _drug_shape(rng, w: float, h: float, depth_cm: float, cx: float, cz: float, 
 
 
 def _place_drugs(cv: Canvas, slot: Slot, rng) -> Threat | None:
+    """A block or soft bag of bricks; its depth along the beam follows from mass and footprint."""
     for _ in range(25):
-        mass = float(rng.uniform(5, 60))
         rho = float(rng.uniform(1.0, 1.4))
-        w = float(rng.uniform(0.2, 1.0))
-        h = float(rng.uniform(0.2, 1.0))
-        if slot.kind == "floor":
-            h = float(min(h, slot.z1 - slot.z0))
-        if slot.kind == "wall":
+        mass = float(rng.uniform(5, 25) if slot.kind == "floor" else rng.uniform(5, 60))
+        if slot.kind == "floor":  # flat in the cavity between cross-members
+            h = float((slot.z1 - slot.z0) * rng.uniform(0.7, 1.0))
+        else:
+            h = float(rng.uniform(0.2, 1.0))
+        if slot.kind == "wall":  # a lining a few cm deep over a larger area
             depth = float(rng.uniform(4, 10))
-            w = float(np.clip(mass / (rho * depth * h * 1e4) * 1e3 / 1e3, 0.2, 1.0))
+            w = float(np.clip(mass / (10 * rho * depth * h), 0.2, 1.0))
+        else:
+            w = float(rng.uniform(0.2, 1.0))
         w, h = min(w, slot.x1 - slot.x0), min(h, slot.z1 - slot.z0)
         if w < 0.2 or h < 0.08:
             return None
-        depth = mass * 1000 / rho / (w * h * 1e4)  # cm
-        if depth > slot.depth_cm * 0.8 or depth < 1.5:
+        if slot.kind == "wall":
+            mass = 10 * rho * depth * w * h
+        else:
+            depth = mass / (10 * rho * w * h)  # cm: kg / (g/cm^3 * m^2)
+        max_depth = slot.depth_cm * 0.8 if slot.kind == "floor" else min(slot.depth_cm * 0.8, 60)
+        if not 1.5 <= depth <= max_depth:
             continue
         cx = float(rng.uniform(slot.x0 + w / 2, slot.x1 - w / 2))
         cz = float(rng.uniform(slot.z0 + h / 2, slot.z1 - h / 2))
