@@ -5,11 +5,13 @@ pixel grid and raises only :class:`ScanReadError`; see
 :mod:`scanml.io.dicom` for how DICOM pixel values are interpreted.
 """
 
+from scanml.io.dicom import ScanAssumptionWarning
 from scanml.io.errors import ScanReadError
 from scanml.io.files import DEFAULT_MAX_BYTES, SUPPORTED_SUFFIXES, read_scan, write_scan
 from scanml.io.scan import Scan
 
 __all__ = [
+    "ScanAssumptionWarning",
     "DEFAULT_MAX_BYTES",
     "SUPPORTED_SUFFIXES",
     "Scan",
