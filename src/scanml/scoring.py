@@ -569,6 +569,7 @@ class _ScanScorer:
             model_uri=self.model_uri,
             class_names=self.predictor.bundle.class_names,
             processing_ms=model_seconds * 1000,
+            peak_xy=prediction.peak_xy,
         )
 
 
