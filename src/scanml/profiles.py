@@ -191,7 +191,9 @@ def default_registry() -> ProfileRegistry:
     if not folder.is_dir():
         return ProfileRegistry()
     signature = tuple(
-        (p.name, p.stat().st_mtime) for p in sorted(folder.iterdir()) if p.suffix in (".yaml", ".yml")
+        (p.name, p.stat().st_mtime)
+        for p in sorted(folder.iterdir())
+        if p.suffix in (".yaml", ".yml")
     )
     return _cached_registry(str(folder.resolve()), signature)
 
@@ -206,6 +208,10 @@ def _profile(path: Path, entry: Any) -> ScannerProfile:
             f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
             for error in exc.errors()
         )
-        raise ValueError(f"{path}: invalid scanner profile {entry.get('name')!r}: {problems}") from exc
+        raise ValueError(
+            f"{path}: invalid scanner profile {entry.get('name')!r}: {problems}"
+        ) from exc
     except re.error as exc:
-        raise ValueError(f"{path}: invalid pattern in profile {entry.get('name')!r}: {exc}") from exc
+        raise ValueError(
+            f"{path}: invalid pattern in profile {entry.get('name')!r}: {exc}"
+        ) from exc

@@ -220,7 +220,9 @@ def read_tdr(path: str | os.PathLike[str]) -> TdrReport:
             f"{path}: SOP Class {dataset.get('SOPClassUID')} is not a Threat Detection Report"
         )
     references = (
-        dataset.get("ReferencedStudySequence") or dataset.get("ReferencedSOPSequence") or [Dataset()]
+        dataset.get("ReferencedStudySequence")
+        or dataset.get("ReferencedSOPSequence")
+        or [Dataset()]
     )
     return TdrReport(
         sop_instance_uid=str(dataset.SOPInstanceUID),
@@ -323,8 +325,12 @@ def _peak_region(peak_xy: tuple[float, float], score: float) -> Region:
     x, y = (float(v) for v in peak_xy)
     half = PEAK_BOX_PX / 2
     return Region(
-        x=max(0.0, x - half), y=max(0.0, y - half), w=PEAK_BOX_PX, h=PEAK_BOX_PX,
-        score=float(score), category="anomaly",
+        x=max(0.0, x - half),
+        y=max(0.0, y - half),
+        w=PEAK_BOX_PX,
+        h=PEAK_BOX_PX,
+        score=float(score),
+        category="anomaly",
     )
 
 

@@ -6,16 +6,18 @@ pixel grid and raises only :class:`ScanReadError`; see
 """
 
 from scanml.io.dicom import ScanAssumptionWarning
+from scanml.io.dicos import is_energy_partner
 from scanml.io.errors import ScanReadError
 from scanml.io.files import DEFAULT_MAX_BYTES, SUPPORTED_SUFFIXES, read_scan, write_scan
 from scanml.io.scan import Scan
 
 __all__ = [
-    "ScanAssumptionWarning",
     "DEFAULT_MAX_BYTES",
     "SUPPORTED_SUFFIXES",
     "Scan",
+    "ScanAssumptionWarning",
     "ScanReadError",
+    "is_energy_partner",
     "read_scan",
     "write_scan",
 ]

@@ -76,6 +76,7 @@ from scanml.io.dicos import (
     attenuation_scale,
     dicos_dx_dataset,
     energy_of,
+    find_energy_partners,
     is_dicos,
 )
 from scanml.io.errors import ScanReadError, check_declared_size, check_file_size
@@ -95,9 +96,7 @@ WRITABLE_TRANSFER_SYNTAXES: tuple[UID, ...] = (
 # Modalities whose images are projections of an X-ray beam, where LIN may be
 # assumed when the file does not say; CT or MR values are no transmission.
 # XRAY and RG are what DICOS toolkits and vendors write.
-PROJECTION_MODALITIES = frozenset(
-    {"DX", "CR", "XRAY", "RG", "RF", "XA", "MG", "IO", "PX", "OT"}
-)
+PROJECTION_MODALITIES = frozenset({"DX", "CR", "XRAY", "RG", "RF", "XA", "MG", "IO", "PX", "OT"})
 
 # LOG files store attenuation in steps of 2**(LOG_RANGE_EXPONENT - bits), so
 # every bit depth covers A in [0, 16): beyond 11 (one photon in 2**16) a
@@ -137,7 +136,11 @@ def read_dicom(
     }
     profile = resolve_profile(equipment) if resolve_profile is not None else None
     energy = energy_of(dataset)
-    partners = find_energy_partners(path, dataset, max_bytes) if energy == "HIGH ENERGY" else []
+    partners = (
+        [(found, _parse(found, max_bytes)) for found in find_energy_partners(path, dataset)]
+        if energy == "HIGH ENERGY"
+        else []
+    )
     decoded = _decode_one(path, dataset, max_bytes, profile)
     if energy is not None:
         decoded.channels = [ENERGY_CHANNEL_NAMES[energy]]
@@ -163,31 +166,6 @@ def read_dicom(
     decoded.meta["equipment"] = equipment
     decoded.meta["profile"] = profile.name if profile is not None else None
     return decoded
-
-
-def find_energy_partners(
-    path: Path, dataset: Dataset, max_bytes: int
-) -> list[tuple[Path, Dataset]]:
-    """The other energies of a dual-energy DICOS scan: ``<stem>.*<suffix>`` beside ``path``
-    with the same scan and series UIDs and a LOW ENERGY image type."""
-    found = []
-    for candidate in sorted(path.parent.glob(f"{glob_escape(path.stem)}.*{path.suffix}")):
-        if candidate == path or not candidate.is_file():
-            continue
-        try:
-            header = pydicom.dcmread(candidate, stop_before_pixels=True)
-        except Exception:  # not DICOM: not a partner
-            continue
-        same_scan = all(
-            header.get(key) == dataset.get(key) for key in ("StudyInstanceUID", "SeriesInstanceUID")
-        )
-        if same_scan and energy_of(header) == "LOW ENERGY":
-            found.append((candidate, _parse(candidate, max_bytes)))
-    return found[:1]
-
-
-def glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def _parse(path: Path, max_bytes: int) -> Dataset:
@@ -239,6 +217,7 @@ def _decode_one(
     }
     if meta["site"] == "unknown":  # SDICOS's placeholder is no site
         meta["site"] = None
+    meta["profile_overrides"] = intensity.overrides
     for note in intensity.notes:
         _assume(meta, note)
     return DecodedImage(attenuation, spacing, channels, meta)
@@ -247,7 +226,9 @@ def _decode_one(
 def _assume(meta: dict[str, Any], note: str) -> None:
     """Record an assumption in ``meta`` and warn about it: no silent guesses."""
     meta.setdefault("assumptions", []).append(note)
-    warnings.warn(f"{meta.get('path', '')}: {note}".lstrip(": "), ScanAssumptionWarning, stacklevel=3)
+    warnings.warn(
+        f"{meta.get('path', '')}: {note}".lstrip(": "), ScanAssumptionWarning, stacklevel=3
+    )
 
 
 def _declared_channels(
@@ -401,18 +382,20 @@ class _IntensityEncoding:
     relationship_assumed: bool
     sign_assumed: bool
     log_scale: tuple[float, float] | None  # (attenuation per value, offset) for LOG
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # assumptions: warned about
+    overrides: list[str] = field(default_factory=list)  # a profile's settlements: recorded
 
     @classmethod
     def of(
         cls, path: Path, dataset: Dataset, photometric: str, profile: ScannerProfile | None
     ) -> _IntensityEncoding:
         notes: list[str] = []
+        overrides: list[str] = []
         relationship = str(dataset.get("PixelIntensityRelationship", "") or "").strip().upper()
         relationship_assumed = False
         if profile is not None and profile.relationship is not None:
-            if relationship and relationship != profile.relationship:
-                notes.append(
+            if relationship != profile.relationship:
+                overrides.append(
                     f"PixelIntensityRelationship {relationship} overridden by scanner profile"
                     f" {profile.name!r}: {profile.relationship}"
                 )
@@ -436,6 +419,12 @@ class _IntensityEncoding:
                 " attenuation (DISP values were transformed for display)",
             )
         sign, sign_assumed = cls._sign(path, dataset, photometric, profile, notes)
+        stated_sign = dataset.get("PixelIntensityRelationshipSign")
+        if profile is not None and profile.sign is not None and stated_sign != profile.sign:
+            overrides.append(
+                f"PixelIntensityRelationshipSign {stated_sign} overridden by scanner profile"
+                f" {profile.name!r}: {profile.sign:+d}"
+            )
         log_scale = cls._log_scale(path, dataset, profile) if relationship == "LOG" else None
         return cls(
             relationship,  # type: ignore[arg-type]
@@ -444,6 +433,7 @@ class _IntensityEncoding:
             sign_assumed,
             log_scale,
             notes,
+            overrides,
         )
 
     @staticmethod

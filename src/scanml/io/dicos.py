@@ -24,11 +24,13 @@ id), so the same meta writes the same bytes.
 from __future__ import annotations
 
 import datetime
+import os
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset, FileMetaDataset
+import pydicom
 from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import DSfloat
@@ -57,6 +59,50 @@ def energy_partner_paths(path: Path, channels: list[str]) -> list[Path]:
     return [path] + [path.with_name(f"{path.stem}.{name}{path.suffix}") for name in channels[1:]]
 
 
+def find_energy_partners(path: Path, dataset: Dataset) -> list[Path]:
+    """The low-energy file of the dual-energy scan whose high-energy file is ``path``.
+
+    Looked for as ``<stem>.*<suffix>`` beside it, with the same scan and
+    series UIDs and Image Type LOW ENERGY (headers only are read).
+    """
+    pattern = f"{_glob_escape(path.stem)}.*{path.suffix}"
+    for candidate in sorted(path.parent.glob(pattern)):
+        if candidate == path or not candidate.is_file():
+            continue
+        header = _header(candidate)
+        if header is None or energy_of(header) != "LOW ENERGY":
+            continue
+        if all(
+            header.get(key) == dataset.get(key) for key in ("StudyInstanceUID", "SeriesInstanceUID")
+        ):
+            return [candidate]
+    return []
+
+
+def is_energy_partner(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is the low-energy file of a scan read through its high-energy file.
+
+    Folder listings skip such files: each is part of another file's scan.
+    """
+    path = Path(path)
+    stem, dot, _ = path.stem.rpartition(".")
+    if not dot or not (path.parent / f"{stem}{path.suffix}").is_file():
+        return False
+    header = _header(path)
+    return header is not None and energy_of(header) == "LOW ENERGY"
+
+
+def _header(path: Path) -> Dataset | None:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # not DICOM, or unreadable: not a partner
+        return None
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
 def with_scan_uids(meta: dict[str, Any]) -> dict[str, Any]:
     """``meta`` with the scan's UIDs filled in once, so every energy's file shares them."""
     filled = dict(meta)
@@ -69,9 +115,7 @@ def image_type_for(channel_index: int, channel_count: int) -> list[str]:
     if channel_count == 1:
         return ["ORIGINAL", SINGLE_ENERGY]
     if channel_count > len(ENERGY_IMAGE_TYPES):
-        raise ValueError(
-            f"a DICOS DX scan holds one or two energies, not {channel_count} channels"
-        )
+        raise ValueError(f"a DICOS DX scan holds one or two energies, not {channel_count} channels")
     return ["ORIGINAL", ENERGY_IMAGE_TYPES[channel_index]]
 
 
