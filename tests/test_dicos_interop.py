@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from scanml.io import Scan, ScanAssumptionWarning, read_scan, write_scan
+from scanml.io import Scan, ScanAssumptionWarning, ScanReadError, read_scan, write_scan
 from scanml.predict import Region
 from scanml.profiles import ProfileRegistry, ScannerProfile
 from scanml.tdr import read_tdr, write_tdr
@@ -181,7 +181,7 @@ def test_scanml_reads_sdicos_dx_in_its_syntaxes(
 def test_sdicos_file_without_spacing_or_profile_is_refused_clearly(tmp_path: Path) -> None:
     stored = np.rint(np.exp(-container_scene()) * FULL_SCALE).astype(np.uint16)
     path = _write_with_sdicos(tmp_path / "vendor.dcs", stored, "enumLittleEndianExplicit")
-    with pytest.raises(Exception, match="no pixel spacing.*scanner profile"):
+    with pytest.raises(ScanReadError, match=r"no pixel spacing.*scanner profile"):
         read_scan(path, profiles=ProfileRegistry())
 
 
