@@ -25,7 +25,14 @@ from pydicom.uid import (
 )
 
 from io_fixtures import lin_tolerance, synthetic_scan
-from scanml.io import SUPPORTED_SUFFIXES, Scan, ScanReadError, read_scan, write_scan
+from scanml.io import (
+    SUPPORTED_SUFFIXES,
+    Scan,
+    ScanAssumptionWarning,
+    ScanReadError,
+    read_scan,
+    write_scan,
+)
 
 LOG_TOLERANCE = 2.0**-13 + 1e-6  # half a step of the 16-bit LOG encoding
 DICOS_DX = "1.2.840.10008.5.1.4.1.1.501.2.1"
@@ -282,16 +289,20 @@ def test_dicom_without_suffix_is_recognised_by_its_preamble(scan: Scan, tmp_path
     assert read_scan(bare).meta["format"] == "dicom"
 
 
-def test_jpeg_ls_needs_the_jpeg_extra_or_decodes(tmp_path: Path) -> None:
-    source = pydicom.dcmread(get_testdata_files("MR_small_jpeg_ls_lossless.dcm")[0])
-    source.Modality = "DX"
-    path = tmp_path / "jpeg-ls.dcm"
-    source.save_as(path)
-    if get_decoder(JPEGLSLossless).is_available:
-        assert read_scan(path, spacing_mm=1.0).attenuation.shape == (1, 64, 64)
-    else:
-        with pytest.raises(ScanReadError, match=r"scanml\[jpeg\]"):
-            read_scan(path, spacing_mm=1.0)
+def test_jpeg_ls_decodes_in_the_default_install(tmp_path: Path) -> None:
+    """pydicom's own JPEG-LS test file, decoded by python-gdcm (BSD/Apache), not the GPL extra."""
+    assert "gdcm" in get_decoder(JPEGLSLossless).available_plugins
+    paths = {}
+    for name in ("MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm"):
+        source = pydicom.dcmread(get_testdata_files(name)[0])
+        source.Modality = "DX"
+        paths[name] = tmp_path / name
+        source.save_as(paths[name])
+    with pytest.warns(ScanAssumptionWarning):  # an MR file says nothing of intensity
+        compressed = read_scan(paths["MR_small_jpeg_ls_lossless.dcm"], spacing_mm=1.0)
+        plain = read_scan(paths["MR_small.dcm"], spacing_mm=1.0)
+    assert compressed.attenuation.shape == (1, 64, 64)
+    assert np.array_equal(compressed.attenuation, plain.attenuation)
 
 
 # --- TIFF, PNG, .npy ----------------------------------------------------------
