@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -97,12 +97,11 @@ def read_scan(
     path = Path(path)
     fallback_spacing = _spacing_argument(spacing_mm)
     chosen = _chosen_profile(profile, profiles)
-    registry = profiles if profiles is not None else None
 
-    def resolve(equipment: dict[str, str | None] | None) -> ScannerProfile | None:
+    def resolve(equipment: Mapping[str, str | None] | None) -> ScannerProfile | None:
         if chosen is not None:
             return chosen
-        known = registry if registry is not None else default_registry()
+        known = profiles if profiles is not None else default_registry()
         return known.match(equipment or {}, site)
 
     try:
