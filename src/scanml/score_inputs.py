@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from scanml.io import SUPPORTED_SUFFIXES
+from scanml.io import SUPPORTED_SUFFIXES, is_energy_partner
 
 __all__ = ["InputItem", "ResolvedInputs", "resolve_inputs", "resolve_job_inputs"]
 
@@ -95,7 +95,9 @@ def _resolve_source(
     path = Path(source).expanduser()
     if path.is_dir():
         files = (
-            p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
+            p
+            for p in path.rglob("*")
+            if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not is_energy_partner(p)
         )
         return [(file_item(Path(os.path.abspath(p))), None) for p in sorted(files)]
     if path.is_file() and path.suffix.lower() == ".csv":

@@ -260,6 +260,7 @@ class ScanScorer:
             else f"{self.model_uri} = {described}",
             class_names=self.predictor.bundle.class_names,
             processing_ms=model_seconds * 1000,
+            peak_xy=prediction.peak_xy,
         )
 
 
