@@ -468,6 +468,22 @@ def _cab(cv: Canvas, x0: float, x1: float, rng: np.random.Generator, facing_left
     rect(FE, 0.4, 0.85, floor + 0.3, floor + 0.4, 2 * 1.0 * STEEL)
     rect(ORG, 0.1, 0.4, roof - 1.3, roof - 0.9, 220 * 0.12)
     rect(ORG, cab_len - 0.8, cab_len - 0.05, floor + 0.6, floor + 0.75, 200 * 0.1)
+    # Steering wheel (a steel-cored rim seen almost edge-on) and its column.
+    tilt = 1.1 if facing_left else -1.1
+    cv.rotated_rect(FE, f(0.55), floor + 0.95, 0.42, 0.035, tilt, 4 * 0.6 * STEEL)
+    cv.rotated_rect(FE, f(0.4), floor + 0.7, 0.5, 0.04, tilt - 0.4, 2 * 1.5 * STEEL)
+    # Batteries (lead plates) and air tanks on the frame behind the cab.
+    rect(FE, cab_len + 0.15, cab_len + 0.65, 0.55, 0.85, 50 * 1.6)
+    for zt in (0.62, 0.95):
+        a, b = sorted((f(cab_len + 0.75), f(cab_len + 1.55)))
+        cv.paint(
+            FE,
+            a,
+            b,
+            zt - 0.12,
+            zt + 0.12,
+            lambda xs, zs, zt=zt: 0 * xs + _ring_chord(zs - zt, 0.12, 0.116) * 100 * STEEL * 0.5,
+        )
     # Engine block under the cab and gearbox behind it.
     eng_z = floor - 0.05
     rect(FE, 0.3, 1.25, eng_z - 0.85, eng_z, 70 * 7.2 * rng.uniform(0.25, 0.35))
