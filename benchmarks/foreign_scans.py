@@ -1289,7 +1289,7 @@ def _cars(cv: Canvas, x0, x1, box: Box3, rng, slots) -> str:
     x = x0 + rng.uniform(0.1, 0.4)
     count = 0
     while x + 3.8 < x1:
-        length = rng.uniform(3.8, 4.8)
+        length = min(rng.uniform(3.8, 4.8), x1 - x - 0.02)
         height = rng.uniform(1.4, min(1.75, box.z1 - box.z0 - 0.1))
         wr = rng.uniform(0.29, 0.34)
         zg = box.z0
@@ -1402,7 +1402,7 @@ def _load(cv: Canvas, box: Box3, rng: np.random.Generator, slots: list[Slot]) ->
     for kind, s0, s1 in zip(kinds, edges[:-1], edges[1:], strict=True):
         if s1 - s0 < 1.3:
             continue
-        if kind == "cars" and s1 - s0 < 3.9:
+        if kind == "cars" and s1 - s0 < 4.3:
             kind = "cartons"
         fn = CARGO[kind]
         if kind == "cartons":
