@@ -1676,9 +1676,9 @@ def _add_threats(cv: Canvas, slots: list[Slot], n: int, rng) -> list[Threat]:
     tries = 0
     while len(threats) < n and tries < 60:
         tries += 1
-        kind = str(rng.choice(["drugs", "cigarettes", "weapon"], p=[0.55, 0.2, 0.25]))
+        kind = str(rng.choice(["drugs", "cigarettes", "weapon"], p=[0.5, 0.25, 0.25]))
         if kind == "cigarettes":
-            cands = [s for s in slots if s.cells and s.host_rho < 0.3]
+            cands = [s for s in slots if s.cells and s.host_rho < 0.32]
         elif kind == "weapon":
             cands = [s for s in slots if s.kind in ("cargo", "cartons", "door", "free", "wall")]
         else:
@@ -1905,9 +1905,13 @@ def _write_dicom(
         ds.RescaleSlope = f"{writer.rescale_lin[0]:g}"
         ds.RescaleIntercept = f"{writer.rescale_lin[1]:g}"
         ds.RescaleType = "US"
-    lo, hi = float(pixels.min()), float(pixels.max())
-    ds.WindowCenter = f"{(lo + hi) / 2:.1f}"
-    ds.WindowWidth = f"{max(hi - lo, 1):.1f}"
+    # The VOI window is in modality-LUT output units (after RescaleSlope/Intercept).
+    slope = float(ds.get("RescaleSlope", 1.0))
+    intercept = float(ds.get("RescaleIntercept", 0.0))
+    lo = float(pixels.min()) * slope + intercept
+    hi = float(pixels.max()) * slope + intercept
+    ds.WindowCenter = f"{(lo + hi) / 2:.6g}"
+    ds.WindowWidth = f"{max(hi - lo, slope):.6g}"
     if writer.rle:
         ds.PixelData = pixels.tobytes()
         try:
