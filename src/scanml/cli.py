@@ -207,15 +207,30 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         metavar="FAR",
         help="recalibrate the threshold on the val split at this false-alarm rate and store it",
     )
+    p.add_argument(
+        "--calibrate-on",
+        default=None,
+        metavar="SITE",
+        help="also report, per site, the false-alarm rate of a threshold set on SITE's clean "
+        "scans (at --calibrate-far, else the model's target) and of the stored one",
+    )
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from scanml.evaluation import evaluate
 
-    report = evaluate(
-        args.model, args.data, split=args.split, out_dir=args.out, calibrate_far=args.calibrate_far
-    )
+    try:
+        report = evaluate(
+            args.model,
+            args.data,
+            split=args.split,
+            out_dir=args.out,
+            calibrate_far=args.calibrate_far,
+            calibrate_on=args.calibrate_on,
+        )
+    except ValueError as exc:  # a site or split the data does not have
+        raise UserFacingError(str(exc)) from None
     print(report.to_markdown())
     return 0
 
