@@ -239,6 +239,13 @@ def verify_package(package: str | os.PathLike[str]) -> bagit.Bag:
         raise ExchangeError(f"{package}: not a scan package (no bagit.txt)")
     try:
         bag = bagit.Bag(str(package))
+        # Name missing and undeclared files first: bagit's quick size check only counts them.
+        declared = {os.path.normpath(path) for path in bag.payload_entries()}
+        present = {os.path.normpath(path) for path in bag.payload_files()}
+        problems = [f"{path}: missing" for path in sorted(declared - present)]
+        problems += [f"{path}: not in the manifest" for path in sorted(present - declared)]
+        if problems:
+            raise ExchangeError(f"{package}: package failed verification: {'; '.join(problems)}")
         bag.validate(processes=1)
     except bagit.BagValidationError as exc:
         problems = [_describe_problem(package, detail) for detail in exc.details] or [str(exc)]
@@ -514,12 +521,12 @@ def _merged_tables(
         theirs["site"] = site
     their_coco = json.loads((payload / "annotations.json").read_text())
     if existing is None:
-        ours = pd.DataFrame(columns=theirs.columns)
+        manifest = theirs
         coco = {"images": [], "annotations": [], "categories": []}
     else:
         ours = pd.read_csv(into / "manifest.csv", dtype=str, keep_default_na=False)
+        manifest = pd.concat([ours, theirs], ignore_index=True).fillna("")
         coco = json.loads((into / "annotations.json").read_text())
-    manifest = pd.concat([ours, theirs], ignore_index=True).fillna("")
 
     category_id = {c["name"]: c["id"] for c in coco["categories"]}
     for category in their_coco["categories"]:

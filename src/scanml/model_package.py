@@ -253,7 +253,9 @@ def _card(
         elif len(parts) == 3 and parts[0] == "site" and parts[2] in _CARD_METRICS:
             validation.setdefault(parts[1], {})[parts[2]] = value
     weights = params.get("model.weights")
-    parent = weights if weights and weights != "None" and _is_model_reference(weights) else None
+    parent = None
+    if weights and weights != "None":  # fine-tuned: a model URI, a folder or torchvision weights
+        parent = weights if _is_model_reference(weights) else Path(weights).name
     parent = parent or bundle.metadata.get("lineage", {}).get("scanml.lineage.origin_uri")
     trained_on = ", ".join(sites) or "unrecorded sites"
     limits = [
