@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_BAGIT_LOG = logging.getLogger("bagit")  # one INFO line per file hashed: quiet it in our calls
 
 PAYLOAD = "data"
 SUMMARY_FILE = "SUMMARY.md"
@@ -213,6 +214,7 @@ def export_package(
             unknown_attributes={k: sorted(v) for k, v in sorted(deid.unknown.items())},
         )
         (payload / SUMMARY_FILE).write_text(summary.to_markdown())
+        _BAGIT_LOG.setLevel(max(_BAGIT_LOG.getEffectiveLevel(), logging.WARNING))
         bagit.make_bag(
             str(staging),
             bag_info={
@@ -237,6 +239,7 @@ def verify_package(package: str | os.PathLike[str]) -> bagit.Bag:
     package = Path(package)
     if not (package / "bagit.txt").is_file():
         raise ExchangeError(f"{package}: not a scan package (no bagit.txt)")
+    _BAGIT_LOG.setLevel(max(_BAGIT_LOG.getEffectiveLevel(), logging.WARNING))
     try:
         bag = bagit.Bag(str(package))
         # Name missing and undeclared files first: bagit's quick size check only counts them.
