@@ -499,6 +499,8 @@ def _run_import(args: argparse.Namespace) -> int:
 
 
 def _run_export_model(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
     from scanml.exchange import ExchangeError
     from scanml.model_package import DEFAULT_INTENDED_USE, export_model
 
@@ -509,8 +511,8 @@ def _run_export_model(args: argparse.Namespace) -> int:
             intended_use=args.intended_use or DEFAULT_INTENDED_USE,
             extra_limits=tuple(args.limits),
         )
-    except (ExchangeError, FileNotFoundError) as exc:
-        raise UserFacingError(str(exc)) from None
+    except (ExchangeError, FileNotFoundError, MlflowException) as exc:
+        raise UserFacingError(str(exc).splitlines()[0]) from None
     print(f"model package: {args.out}")
     print(card.to_markdown())
     return 0

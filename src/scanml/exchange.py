@@ -175,9 +175,8 @@ def export_package(
     if strict:
         _refuse_unknown(deid, [r.path for r in dataset.records] + tdrs)
 
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None)
-    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         payload = staging  # bagit moves it into data/
         (payload / "scans").mkdir(parents=True)
@@ -381,8 +380,7 @@ def _find_tdrs(folder: Path) -> list[Path]:
         return []
     found = []
     for path in sorted(folder.rglob("*.dcm")):
-        dataset = pydicom.dcmread(path, stop_before_pixels=True)
-        if dataset.get("SOPClassUID") == TDR_SOP_CLASS_UID:
+        if _read_dicom(path).get("SOPClassUID") == TDR_SOP_CLASS_UID:
             found.append(path)
     return found
 

@@ -177,6 +177,8 @@ def import_model(
     package = Path(package)
     if not package.is_file():
         raise ExchangeError(f"{package}: no such model package file")
+    if example is not None and not Path(example).is_file():
+        raise ExchangeError(f"--example {example}: no such scan file")
     digest = hashlib.sha256(package.read_bytes()).hexdigest()
     tracking_uri = resolve_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="scanml-model-import-") as tmp:
