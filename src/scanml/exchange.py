@@ -180,18 +180,16 @@ def export_package(
     try:
         payload = staging  # bagit moves it into data/
         (payload / "scans").mkdir(parents=True)
-        scan_by_uid: dict[str, str] = {}
-        models: set[str] = set()
-        dates: list[str] = []
-        paths = {}
-        for record in dataset.records:
-            new_id = new_ids[record.scan_id]
-            target, uid, facts = _export_scan(record, payload / "scans", new_id, deid)
-            paths[record.scan_id] = target.relative_to(payload).as_posix()
-            if uid:
-                scan_by_uid[uid] = new_id
-            models.update(facts.get("model", []))
-            dates += facts.get("dates", [])
+        exported = {
+            r.scan_id: _export_scan(r, payload / "scans", new_ids[r.scan_id], deid)
+            for r in dataset.records
+        }
+        paths = {key: e.path.relative_to(payload).as_posix() for key, e in exported.items()}
+        scan_by_uid = {
+            e.instance_uid: new_ids[key] for key, e in exported.items() if e.instance_uid
+        }
+        models = {e.scanner_model for e in exported.values() if e.scanner_model}
+        dates = [e.date for e in exported.values() if e.date]
         tdr_paths = _export_tdrs(tdrs, scan_by_uid, payload / "tdr", deid)
         dropped = _write_manifest(dataset, payload, new_ids, paths, tdr_paths, keep_columns)
         _write_coco(dataset, payload, new_ids, paths)
@@ -328,10 +326,20 @@ def load_dataset_from(staging: Path, root: Path) -> ScanDataset:
 # -- export helpers ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _ExportedScan:
+    """Where a scan went, and what the summary reports about it."""
+
+    path: Path
+    instance_uid: str | None = None  # DICOM only: the new SOP Instance UID, which TDRs reference
+    scanner_model: str | None = None
+    date: str | None = None  # shifted, DICOM DA
+
+
 def _export_scan(
     record: ScanRecord, scans_dir: Path, new_id: str, deid: Deidentifier
-) -> tuple[Path, str | None, dict[str, list[str]]]:
-    """Write one scan under its new id; returns its path, its new SOP instance UID and facts."""
+) -> _ExportedScan:
+    """Write one scan under its new id: DICOM de-identified, other formats as pixels only."""
     source = record.path
     if _is_dicom(source):
         dataset = _read_dicom(source)
@@ -339,32 +347,20 @@ def _export_scan(
         dataset.SeriesDescription = new_id  # scanml reads a DICOM scan's id from here
         target = scans_dir / f"{new_id}.dcm"
         dataset.save_as(target, enforce_file_format=True)
-        facts = {
-            "model": [str(dataset.get("ManufacturerModelName") or "")]
-            if dataset.get("ManufacturerModelName")
-            else [],
-            "dates": [
-                str(v)
-                for v in (
-                    dataset.get("AcquisitionDate"),
-                    dataset.get("ContentDate"),
-                    dataset.get("StudyDate"),
-                )
-                if v
-            ][:1],
-        }
-        return target, str(dataset.SOPInstanceUID), facts
+        dates = [dataset.get(k) for k in ("AcquisitionDate", "ContentDate", "StudyDate")]
+        return _ExportedScan(
+            target,
+            str(dataset.SOPInstanceUID),
+            str(dataset.get("ManufacturerModelName") or "") or None,
+            next((str(d) for d in dates if d), None),
+        )
     suffix = source.suffix.lower()
     target = scans_dir / f"{new_id}{suffix}"
     if suffix in (".tif", ".tiff"):
         # Pixels only: TIFF tags (DateTime, Artist, HostComputer, descriptions) stay home.
-        pages = tifffile.TiffFile(source).pages
-        tifffile.imwrite(
-            target,
-            np.stack([page.asarray() for page in pages]),
-            photometric="minisblack",
-            metadata=None,
-        )
+        with tifffile.TiffFile(source) as tiff:
+            pages = np.stack([page.asarray() for page in tiff.pages])
+        tifffile.imwrite(target, pages, photometric="minisblack", metadata=None)
     elif suffix == ".png":
         with Image.open(source) as image:
             image.save(target)  # without the text chunks
@@ -372,7 +368,7 @@ def _export_scan(
         np.save(target, np.load(source, allow_pickle=False))
     else:
         raise ExchangeError(f"{source}: cannot export {suffix or 'suffix-less'} files")
-    return target, None, {}
+    return _ExportedScan(target)
 
 
 def _find_tdrs(folder: Path) -> list[Path]:
