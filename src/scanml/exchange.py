@@ -23,6 +23,7 @@ of Congress ``bagit`` library)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ import secrets
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +57,19 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_BAGIT_LOG = logging.getLogger("bagit")  # one INFO line per file hashed: quiet it in our calls
+
+
+@contextlib.contextmanager
+def _quiet_bagit() -> Iterator[None]:
+    """bagit logs a line per file hashed and per mismatch; scanml's own error names the file."""
+    bagit_log = logging.getLogger("bagit")
+    level = bagit_log.level
+    bagit_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        bagit_log.setLevel(level)
+
 
 PAYLOAD = "data"
 SUMMARY_FILE = "SUMMARY.md"
@@ -211,15 +225,15 @@ def export_package(
             unknown_attributes={k: sorted(v) for k, v in sorted(deid.unknown.items())},
         )
         (payload / SUMMARY_FILE).write_text(summary.to_markdown())
-        _BAGIT_LOG.setLevel(max(_BAGIT_LOG.getEffectiveLevel(), logging.WARNING))
-        bagit.make_bag(
-            str(staging),
-            bag_info={
-                "Bag-Software-Agent": f"scanml {__version__} with bagit {bagit.VERSION}",
-                "External-Description": "de-identified container X-ray scans (scanml export)",
-            },
-            checksums=["sha256"],
-        )
+        with _quiet_bagit():
+            bagit.make_bag(
+                str(staging),
+                bag_info={
+                    "Bag-Software-Agent": f"scanml {__version__} with bagit {bagit.VERSION}",
+                    "External-Description": "de-identified container X-ray scans (scanml export)",
+                },
+                checksums=["sha256"],
+            )
         if out.exists():
             out.rmdir()
         os.replace(staging, out)
@@ -236,22 +250,21 @@ def verify_package(package: str | os.PathLike[str]) -> bagit.Bag:
     package = Path(package)
     if not (package / "bagit.txt").is_file():
         raise ExchangeError(f"{package}: not a scan package (no bagit.txt)")
-    _BAGIT_LOG.setLevel(max(_BAGIT_LOG.getEffectiveLevel(), logging.WARNING))
+    failed = f"{package}: package failed verification"
     try:
-        bag = bagit.Bag(str(package))
-        # Name missing and undeclared files first: bagit's quick size check only counts them.
-        declared = {os.path.normpath(path) for path in bag.payload_entries()}
-        present = {os.path.normpath(path) for path in bag.payload_files()}
-        problems = [f"{path}: missing" for path in sorted(declared - present)]
-        problems += [f"{path}: not in the manifest" for path in sorted(present - declared)]
-        if problems:
-            raise ExchangeError(f"{package}: package failed verification: {'; '.join(problems)}")
-        bag.validate(processes=1)
+        with _quiet_bagit():
+            bag = bagit.Bag(str(package))
+            # Name missing and undeclared files first: bagit's quick size check only counts them.
+            declared = {os.path.normpath(path) for path in bag.payload_entries()}
+            present = {os.path.normpath(path) for path in bag.payload_files()}
+            problems = [f"{path}: missing" for path in sorted(declared - present)]
+            problems += [f"{path}: not in the manifest" for path in sorted(present - declared)]
+            if problems:
+                raise ExchangeError(f"{failed}: {'; '.join(problems)}")
+            bag.validate(processes=1)
     except bagit.BagValidationError as exc:
         problems = [_describe_problem(package, detail) for detail in exc.details] or [str(exc)]
-        raise ExchangeError(
-            f"{package}: package failed verification: {'; '.join(problems)}"
-        ) from None
+        raise ExchangeError(f"{failed}: {'; '.join(problems)}") from None
     except bagit.BagError as exc:
         raise ExchangeError(f"{package}: not a valid package: {exc}") from None
     return bag
