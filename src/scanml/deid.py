@@ -156,8 +156,33 @@ KEEP = frozenset(
         "CenterOfMass",
         "CenterOfPTO",
         "VolumeOfPTO",
+        "AdditionalScreeningPerformed",
+        "ReferencedStudySequence",
+        # what scanml's DICOS writer (scanml.io.dicos) adds for SDICOS: geometry, the
+        # real-world value mapping of the pixels, constants
+        "AcquisitionContextSequence",
+        "ImageOrientationPatient",
+        "ImagePositionPatient",
+        "PositionReferenceIndicator",
+        "RealWorldValueMappingSequence",
+        "RealWorldValueFirstValueMapped",
+        "RealWorldValueLastValueMapped",
+        "RealWorldValueIntercept",
+        "RealWorldValueSlope",
+        "LUTExplanation",
+        "LUTLabel",
+        "MappingResourceUID",
+        "PixelSpacingCalibrationDescription",
+        "TableSpeed",
+        "XRayTubeCurrent",
+        "XRayTubeCurrentInuA",
+        "TypeOfPatientID",
     }
 )
+
+#: DICOS attributes outside pydicom's dictionary that scanml's writers set to constants:
+#: DICOS version in the file meta, coordinate system, effective energy, PTO timing.
+KEEP_TAGS = frozenset({0x00020004, 0x00082108, 0x43000902, 0x40101080, 0x40101081, 0x40101082})
 
 #: Where the scanner is identified: kept unless the export says ``--no-device``.
 DEVICE = frozenset({"Manufacturer", "ManufacturerModelName"})
@@ -310,6 +335,7 @@ class Deidentifier:
         keyword = keyword_for_tag(element.tag)
         return not (
             keyword in KEEP
+            or int(element.tag) in KEEP_TAGS
             or keyword in DEVICE
             or keyword in _LIBRARY_IDS
             or element.VR in _LIBRARY_VRS

@@ -45,6 +45,7 @@ from PIL import Image
 from scanml import __version__
 from scanml.data import DataError, ScanDataset, ScanRecord, load_dataset
 from scanml.deid import Deidentifier
+from scanml.io.dicos import find_energy_partners
 from scanml.tdr import TDR_SOP_CLASS_UID
 
 __all__ = [
@@ -356,6 +357,15 @@ def _export_scan(
     source = record.path
     if _is_dicom(source):
         dataset = _read_dicom(source)
+        # A dual-energy DICOS scan is two instances, x.dcm and x.low.dcm: both travel,
+        # de-identified with the same key, so they still pair up by their UIDs.
+        for partner in find_energy_partners(source, dataset):
+            companion = _read_dicom(partner)
+            deid.deidentify(companion, name=partner.name)
+            companion.SeriesDescription = new_id
+            companion.save_as(
+                scans_dir / f"{new_id}{partner.name[len(source.stem) :]}", enforce_file_format=True
+            )
         deid.deidentify(dataset, name=f"{record.scan_id}{source.suffix}")
         dataset.SeriesDescription = new_id  # scanml reads a DICOM scan's id from here
         target = scans_dir / f"{new_id}.dcm"
@@ -402,8 +412,10 @@ def _export_tdrs(
     for path in tdrs:
         dataset = _read_dicom(path)
         deid.deidentify(dataset, name=f"tdr {path.name}")
-        referenced = [
-            str(item.ReferencedSOPInstanceUID) for item in dataset.get("ReferencedSOPSequence", [])
+        referenced = [  # DICOS names the scan in the Referenced Study Sequence, DICOM in SOP
+            str(item.get("ReferencedSOPInstanceUID", ""))
+            for keyword in ("ReferencedStudySequence", "ReferencedSOPSequence")
+            for item in dataset.get(keyword) or []
         ]
         scan_id = next((scan_by_uid[uid] for uid in referenced if uid in scan_by_uid), None)
         if scan_id is None:
