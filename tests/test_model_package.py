@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -18,6 +20,16 @@ from scanml.model_package import export_model, import_model
 from scanml.scoring import score
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _restore_tracking_uri() -> Iterator[None]:
+    """These tests switch mlflow's process-wide store between sites; later tests rely on the env."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    mlflow.set_tracking_uri(None)  # back to the environment variable
+    if before is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture(scope="module")

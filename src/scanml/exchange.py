@@ -24,6 +24,7 @@ of Congress ``bagit`` library)::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -264,7 +265,8 @@ def verify_package(package: str | os.PathLike[str]) -> bagit.Bag:
                 raise ExchangeError(f"{failed}: {'; '.join(problems)}")
             bag.validate(processes=1)
     except bagit.BagValidationError as exc:
-        problems = [_describe_problem(package, detail) for detail in exc.details] or [str(exc)]
+        problems = [_describe_problem(package, detail) for detail in exc.details]
+        problems = problems or _changed_files(package, bag) or [str(exc)]
         raise ExchangeError(f"{failed}: {'; '.join(problems)}") from None
     except bagit.BagError as exc:
         raise ExchangeError(f"{package}: not a valid package: {exc}") from None
@@ -580,6 +582,17 @@ def _merged_tables(
             }
         )
     return manifest, coco
+
+
+def _changed_files(package: Path, bag: bagit.Bag) -> list[str]:
+    """The files whose SHA-256 differs: bagit's size check fails first without naming them."""
+    changed = []
+    for path, hashes in bag.payload_entries().items():
+        if "sha256" in hashes and (package / path).is_file():
+            digest = hashlib.sha256((package / path).read_bytes()).hexdigest()
+            if digest != hashes["sha256"]:
+                changed.append(f"{path}: content changed (sha256 differs from the manifest)")
+    return changed
 
 
 def _describe_problem(package: Path, detail: object) -> str:
