@@ -501,7 +501,10 @@ def _refuse_unknown(deid: Deidentifier, paths: list[Path]) -> None:
     for path in paths:
         if not _is_dicom(path):
             continue
-        unknown = deid.unknown_attributes(_read_dicom(path))
+        dataset = _read_dicom(path)
+        for partner in find_energy_partners(path, dataset):  # a dual-energy scan's x.low.dcm
+            _refuse_unknown(deid, [partner])
+        unknown = deid.unknown_attributes(dataset)
         if unknown:
             raise ExchangeError(
                 f"{path}: attributes no de-identification rule covers (--strict): "
