@@ -11,7 +11,7 @@ from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from nbclient import NotebookClient
 
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, TrainedModel
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -88,3 +88,28 @@ def test_02_train_and_compare(
         str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs
     )
     assert "mobilenet_v3_large" in text and "resnet18" in text
+
+
+@pytest.mark.slow
+def test_03_cross_site(
+    trained_model: TrainedModel, mlflow_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outputs = run_notebook(
+        "03-cross-site.ipynb",
+        tmp_path,
+        monkeypatch,
+        {
+            "SCANML_DATA": str(trained_model.data_dir),  # antwerp + rotterdam
+            "SCANML_CONFIG": str(CONFIGS / "smoke.yaml"),
+            "SCANML_EPOCHS": "1",
+            "SCANML_SANTOS_SCANS": "8",
+            # the session's smoke model is the notebook's two-site model: trained once per suite
+            "SCANML_BASE_MODEL": str(trained_model.bundle_dir),
+        },
+    )
+    assert len(_images(outputs)) >= 1  # before / after
+    text = "".join(
+        str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs
+    )
+    assert "Cross-site false alarms (threshold calibrated on antwerp)" in text
+    assert "santos" in text and "parent:" in text

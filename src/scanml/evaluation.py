@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from tqdm.auto import tqdm
 
+from scanml.cross_site import CrossSiteTable, cross_site_table
 from scanml.data import ScanRecord, assign_splits, load_dataset
 from scanml.io import ScanReadError, read_scan
 from scanml.metrics import ScanMetrics, ScanOutcome, compute_metrics, threshold_at_far
@@ -66,6 +67,7 @@ class EvaluationReport:
     seconds: float
     calibrated: bool = False
     files: dict[str, str] = field(default_factory=dict)
+    cross_site: CrossSiteTable | None = None  # with calibrate_on
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +80,7 @@ class EvaluationReport:
             "run_id": self.run_id,
             "seconds": round(self.seconds, 2),
             "metrics": self.metrics.to_flat_dict(),
+            **({"cross_site": self.cross_site.to_dict()} if self.cross_site else {}),
         }
 
     def to_markdown(self) -> str:
@@ -99,6 +102,8 @@ class EvaluationReport:
             lines.append(
                 f"| {key} | {_fmt(value)} | " + " | ".join(_fmt(v) for v in per_site) + " |"
             )
+        if self.cross_site is not None:
+            lines += ["", self.cross_site.to_markdown().rstrip("\n")]
         return "\n".join(lines) + "\n"
 
 
@@ -109,6 +114,7 @@ def evaluate(
     split: str = "test",
     out_dir: str | Path | None = None,
     calibrate_far: float | None = None,
+    calibrate_on: str | None = None,
     experiment: str = "scanml-evaluation",
     device: str = "auto",
     progress: bool = True,
@@ -119,11 +125,23 @@ def evaluate(
     scans of the ``val`` split at that false-alarm rate and stored with the
     model (a local folder is rewritten; an MLflow model gets a new registered
     version carrying the new threshold).
+
+    With ``calibrate_on`` (a site) the report adds, for every site, the
+    false-alarm and detection rates of the stored threshold and of a
+    threshold set at the model's target false-alarm rate (``calibrate_far``
+    when given) on that site's clean scans: see :mod:`scanml.cross_site`.
+    Nothing is stored for it.
     """
     started = time.perf_counter()
     bundle = ModelBundle.load(model_uri)
+    stored_threshold = bundle.threshold
     predictor = Predictor(bundle, device=device)
     dataset = load_dataset(data_dir)
+    if calibrate_on is not None and calibrate_on not in dataset.sites:
+        raise ValueError(
+            f"--calibrate-on {calibrate_on!r}: no such site in {data_dir} "
+            f"(sites: {', '.join(dataset.sites)})"
+        )
     if split != "all":
         dataset = assign_splits(dataset, val_fraction=0.2, test_fraction=0.1, seed=0)
 
@@ -146,6 +164,14 @@ def evaluate(
         raise ValueError(f"{data_dir}: the {split!r} split holds no scans")
     outcomes, n_failed = _score_records(predictor, records, f"evaluating {split}", progress)
     metrics = compute_metrics(outcomes)
+    cross_site = None
+    if calibrate_on is not None:
+        cross_site = cross_site_table(
+            outcomes,
+            calibrate_on,
+            target_far=calibrate_far or float(bundle.metadata.get("target_far") or 0.01),
+            stored_threshold=stored_threshold,
+        )
 
     tracker = Tracker(resolve_tracking_uri(), experiment)
     run_id = tracker.start(
@@ -179,6 +205,7 @@ def evaluate(
         run_id,
         time.perf_counter() - started,
         calibrated,
+        cross_site=cross_site,
     )
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="scanml-eval-"))
     report.files = _write_report(report, outcomes, out)
