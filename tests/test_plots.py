@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,6 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
-
 from sklearn.metrics import roc_auc_score
 
 from scanml.metrics import ScanOutcome
@@ -79,7 +79,7 @@ def test_dr_far_axis_reads_0_1_1_and_5_percent_without_overlap(
     texts = [t.get_text() for t in shown]
     assert texts[:3] == ["0.1 %", "1 %", "5 %"]
     boxes = [t.get_window_extent(canvas.get_renderer()) for t in shown]
-    for left, right in zip(boxes, boxes[1:], strict=False):
+    for left, right in itertools.pairwise(boxes):
         assert left.x1 + 2 < right.x0, f"tick labels overlap: {texts}"
     assert not [t for t in axes.xaxis.get_minorticklabels() if t.get_text()]
 

@@ -140,7 +140,7 @@ def promote(
         version = versions[0]  # newest first
         name = version.name
     try:
-        previous = client.get_model_version_by_alias(name, alias).version
+        previous = str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         previous = None
     client.set_registered_model_alias(name, alias, version.version)
