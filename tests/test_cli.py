@@ -87,7 +87,9 @@ def test_set_blames_set_and_suggests_the_key(
     )
     err = _error(capsys, "train", "--data", str(scans), "--set", "train.epochs=-1")
     assert err.startswith("scanml train: error: --set:") and "train.epochs" in err
-    # A start that fails its checks creates no run folder.
+    err = _error(capsys, "train", "--data", str(scans))  # a folder without manifest.csv
+    assert "no manifest.csv" in err
+    # A start that fails its checks leaves no run folder behind.
     assert not (tmp_path / "runs").exists()
 
 
