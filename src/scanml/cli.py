@@ -11,7 +11,6 @@ and what exists, and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import os
 import sys
@@ -19,6 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scanml import __version__
+from scanml.cli_checks import (
+    MODEL_HELP,
+    UserFacingError,
+    check_dataset,
+    check_inputs,
+    check_writable,
+    load_config,
+)
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -43,10 +50,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"scanml {args.command}: error: {exc}", file=sys.stderr)
         return 2
-
-
-class UserFacingError(Exception):
-    """An error whose message is all the user needs (bad input, bad configuration)."""
 
 
 def _is_user_error(exc: Exception) -> bool:
@@ -145,6 +148,12 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--skip-existing", action="store_true", help="keep scans already written (resume)"
     )
+    p.add_argument(
+        "--vary-acquisition",
+        action="store_true",
+        help="draw each scan's flux, blur, streaks, pixel pitch and saturation around its "
+        "site's (scanners differ as much as scenes do)",
+    )
     p.set_defaults(func=_run_synth)
 
 
@@ -153,7 +162,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         raise UserFacingError(f"--n-scans {args.n_scans}: need at least one scan")
     if not 0.0 <= args.anomaly_fraction <= 1.0:
         raise UserFacingError(f"--anomaly-fraction {args.anomaly_fraction}: must be in [0, 1]")
-    _check_writable(args.out, "--out")
+    check_writable(args.out, "--out")
     from scanml.synth import generate_dataset
 
     try:
@@ -168,6 +177,7 @@ def _run_synth(args: argparse.Namespace) -> int:
             file_format=args.file_format,
             workers=args.workers,
             skip_existing=args.skip_existing,
+            vary_acquisition=args.vary_acquisition,
         )
     except ValueError as exc:  # an unknown site or length: the message lists the known ones
         raise UserFacingError(str(exc)) from None
@@ -228,8 +238,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    config = None if args.resume else _load_config(args.config, args.overrides)
-    _check_dataset(args.data, "--data")
+    config = None if args.resume else load_config(args.config, args.overrides)
+    check_dataset(args.data, "--data")
     from scanml.train import train  # torch and friends: only once the arguments are sound
 
     try:
@@ -254,7 +264,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         "without (its own fractions and seed), and log metrics, plots, overlays and a "
         "report to MLflow; the headline figures also go on the registered model version.",
     )
-    p.add_argument("--model", required=True, help=_MODEL_HELP)
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument(
         "--data", type=Path, required=True, help="folder with manifest.csv and annotations.json"
     )
@@ -286,11 +296,11 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    _check_dataset(args.data, "--data")
+    check_dataset(args.data, "--data")
     if args.calibrate_far is not None and not 0.0 < args.calibrate_far < 1.0:
         raise UserFacingError(f"--calibrate-far {args.calibrate_far}: must be in (0, 1)")
     if args.out is not None:
-        _check_writable(args.out, "--out")
+        check_writable(args.out, "--out")
     from scanml.registry import resolve_model
 
     resolve_model(args.model)
@@ -326,7 +336,7 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
         "Score every scan in a folder, glob or manifest. One row per input file, "
         "failures included; a killed job rerun with the same arguments skips what is done.",
     )
-    p.add_argument("--model", required=True, help=_MODEL_HELP)
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--input", required=True, help="a folder, a glob, or a manifest.csv")
     p.add_argument("--out", type=Path, required=True, help="the scores table (.parquet)")
     p.add_argument("--overlays", type=Path, default=None, help="folder for a PNG per flagged scan")
@@ -347,13 +357,13 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    _check_inputs(args.input)
-    _check_writable(args.out.parent if str(args.out.parent) else Path("."), "--out")
+    check_inputs(args.input)
+    check_writable(args.out.parent if str(args.out.parent) else Path("."), "--out")
     if args.out.is_dir():
         raise UserFacingError(f"--out {args.out}: is a folder; give the table's file name")
     for flag, folder in (("--overlays", args.overlays), ("--tdr", args.tdr)):
         if folder is not None:
-            _check_writable(folder, flag)
+            check_writable(folder, flag)
     from scanml.registry import resolve_model
 
     resolve_model(args.model)
@@ -405,7 +415,7 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    experiment = args.experiment or _load_config(args.config, []).tracking.experiment
+    experiment = args.experiment or load_config(args.config, []).tracking.experiment
     import pandas as pd
 
     from scanml.runs import compare_runs
@@ -449,7 +459,7 @@ def _add_promote(commands: argparse._SubParsersAction) -> None:
 def _run_promote(args: argparse.Namespace) -> int:
     default_name = None
     if args.name is None and args.target.isdigit():
-        default_name = _load_config(args.config, []).tracking.registered_model
+        default_name = load_config(args.config, []).tracking.registered_model
     from scanml.runs import promote
 
     change = promote(args.target, name=args.name, alias=args.alias, default_name=default_name)
@@ -511,8 +521,8 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    _load_config(args.config, [])
-    _check_writable(args.workdir, "--workdir")
+    load_config(args.config, [])
+    check_writable(args.workdir, "--workdir")
     from scanml.demo import run_demo
 
     run_demo(args.workdir, config=args.config, n_scans=args.n_scans)
@@ -528,92 +538,60 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="leave out the time-to-AUROC training (~25 min on 2 cores)",
     )
+    quality = p.add_argument_group(
+        "detection quality (--quality; scanml.quality.run_quality_benchmark, make bench-quality)"
+    )
+    quality.add_argument(
+        "--quality",
+        action="store_true",
+        help="train the preset within its time budget, then measure it with 95 %% intervals "
+        "on the test split, a left-out site and an independent generator's scans",
+    )
+    quality.add_argument("--data", type=Path, help="training data (manifest + COCO)")
+    quality.add_argument("--left-out", type=Path, help="scans of a site left out of training")
+    quality.add_argument("--foreign", type=Path, help="the independent generator's scans")
+    quality.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
+    quality.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
+    )
     p.set_defaults(func=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from scanml.bench import run_benchmarks
 
+    if args.quality:
+        return _run_quality_bench(args)
     path = run_benchmarks(args.out, quick=args.quick, training=not args.skip_training)
     print(f"benchmark report: {path}")
     return 0
 
 
-# -- argument checks, before any heavy import ------------------------------------------------
-
-_MODEL_HELP = "runs:/RUN_ID/model, models:/NAME/VERSION, models:/NAME@ALIAS or a model folder"
-
-
-def _load_config(path: Path | None, overrides: Sequence[str]):
-    """The preset with ``--set`` applied; a bad key blames --set and names the nearest key."""
-    from scanml.config import Config, ConfigError, load_config, parse_overrides
-
-    try:
-        parsed = parse_overrides(overrides)
-    except ConfigError as exc:
-        raise UserFacingError(f"--set: {exc}") from None
-    known = set(Config().flat())
-    sections = {key.split(".")[0] for key in known}
-    for key in parsed:
-        if key in known or any(k.startswith(f"{key}.") for k in known):
-            continue
-        near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-        hint = (
-            f"; did you mean {near[0]}?" if near else f"; sections: {', '.join(sorted(sections))}"
-        )
-        raise UserFacingError(f"--set {key}=...: no such configuration key{hint}")
-    try:
-        config = load_config(path, parsed)
-    except ConfigError as exc:
-        if parsed and any(key in str(exc) for key in parsed):
-            raise UserFacingError(f"--set: {exc}") from None
-        raise UserFacingError(str(exc)) from None
-    return config
-
-
-def _check_dataset(folder: Path, flag: str) -> None:
-    if not folder.exists():
-        raise UserFacingError(f"{flag} {folder}: no such folder")
-    if not folder.is_dir():
-        raise UserFacingError(f"{flag} {folder}: not a folder (give the dataset's folder)")
-    if not (folder / "manifest.csv").is_file():
-        present = sorted(p.name for p in folder.iterdir())[:10]
+def _run_quality_bench(args: argparse.Namespace) -> int:
+    missing = [
+        f"--{name.replace('_', '-')} {getattr(args, name)}"
+        for name in ("data", "left_out", "foreign")
+        if getattr(args, name) is None or not (getattr(args, name) / "manifest.csv").is_file()
+    ]
+    if missing:
         raise UserFacingError(
-            f"{flag} {folder}: no manifest.csv in it (it holds: {', '.join(present) or 'nothing'})"
+            "--quality needs --data, --left-out and --foreign folders with a manifest.csv "
+            f"(missing or without one: {', '.join(missing)}); `make bench-quality` makes them"
         )
+    load_config(args.config, args.overrides)
+    from scanml.quality import run_quality_benchmark
 
-
-def _check_inputs(source: str) -> None:
-    path = Path(source).expanduser()
-    if path.exists() or any(c in source for c in "*?["):
-        return
-    parent = path.parent if path.parent.is_dir() else None
-    near = (
-        difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=3)
-        if parent
-        else []
+    report = run_quality_benchmark(
+        data_dir=args.data,
+        left_out_dir=args.left_out,
+        foreign_dir=args.foreign,
+        out_dir=args.out,
+        config_path=args.config,
+        overrides=args.overrides,
+        command=" ".join(["scanml", *sys.argv[1:]]) if sys.argv[1:] else "make bench-quality",
     )
-    hint = f"; did you mean {', '.join(str(parent / n) for n in near)}?" if near else ""
-    raise UserFacingError(f"--input {source}: no such file or folder, and not a glob{hint}")
-
-
-def _check_writable(folder: Path, flag: str) -> None:
-    """``folder`` exists and is writable, or can be created where its nearest ancestor is."""
-    folder = Path(os.path.abspath(folder))
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if existing != folder and not existing.is_dir():
-        raise UserFacingError(f"{flag} {folder}: {existing} is a file, not a folder")
-    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
-        what = (
-            "is not writable"
-            if existing == folder
-            else f"cannot be created ({existing} is not writable)"
-        )
-        raise UserFacingError(f"{flag} {folder}: {what}")
-    if existing == folder and not folder.is_dir():
-        raise UserFacingError(f"{flag} {folder}: is a file, not a folder")
+    print(f"quality report: {args.out / 'quality.md'} ({report.seconds / 60:.1f} min)")
+    return 0
 
 
 def _csv(text: str) -> list[str]:
