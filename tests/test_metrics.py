@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from scanml.metrics import (
+    CalibrationWarning,
     ScanOutcome,
+    calibrate_threshold,
     compute_metrics,
     confusion_at_threshold,
     detection_curve,
@@ -212,3 +214,44 @@ def test_rejects_bad_labels_and_scores() -> None:
         compute_metrics([outcome(2, 0.5)])
     with pytest.raises(ValueError, match="score"):
         compute_metrics([outcome(1, math.nan)])
+
+
+def test_calibration_on_enough_clean_scans_is_quiet_and_recorded(recwarn) -> None:
+    clean = np.linspace(0.0, 1.0, 200)
+    calibration = calibrate_threshold(clean, 0.01)
+    assert calibration.threshold == pytest.approx(threshold_at_far(clean, 0.01))
+    assert calibration.supported and calibration.needed == 100
+    assert not [w for w in recwarn if issubclass(w.category, CalibrationWarning)]
+    assert calibration.to_metadata() == {
+        "target_far": 0.01,
+        "calibration_scans": 200,
+        "calibration_scans_needed": 100,
+        "calibration_supported": True,
+    }
+
+
+def test_calibration_on_three_clean_scans_warns_and_says_so() -> None:
+    with pytest.warns(CalibrationWarning, match="at least 100"):
+        calibration = calibrate_threshold([0.2, 0.4, 0.3], 0.01)
+    assert calibration.threshold == 0.4  # the highest clean score: zero observed false alarms
+    assert not calibration.supported
+    assert calibration.to_metadata()["calibration_supported"] is False
+    assert "3 clean scans" in calibration.describe()
+
+
+def test_calibration_without_clean_scans_falls_back_and_warns() -> None:
+    with pytest.warns(CalibrationWarning, match="fallback 0.5"):
+        calibration = calibrate_threshold([], 0.05, fallback=0.5)
+    assert calibration.threshold == 0.5 and calibration.n_clean == 0
+    with pytest.raises(ValueError, match="far"):
+        calibrate_threshold([0.1], 0.0)
+
+
+def test_region_iou_matches_a_hand_computed_overlap() -> None:
+    # Boxes 10 x 10 overlapping in a 5 x 10 strip: IoU = 50 / 150 = 1/3.
+    true_box, region = (0.0, 0.0, 10.0, 10.0), (5.0, 0.0, 10.0, 10.0)
+    hit = compute_metrics([outcome(1, 0.9, true_boxes=[true_box], regions=[region])], iou=0.33)
+    miss = compute_metrics([outcome(1, 0.9, true_boxes=[true_box], regions=[region])], iou=0.34)
+    assert hit.region_recall == 1.0 and miss.region_recall == 0.0
+    empty = compute_metrics([outcome(1, 0.9, true_boxes=[true_box], regions=[(3, 3, 0, 0)])])
+    assert empty.region_recall == 0.0  # a zero-area region overlaps nothing (no NaN)

@@ -168,16 +168,16 @@ def test_spark_udf_matches_scanml_score(
 
 
 def test_compare_lists_runs_best_first(trained_model: TrainedModel, tmp_path: Path) -> None:
-    out = _scanml(trained_model, "compare", "--experiment", "scanml-smoke", cwd=tmp_path).stdout
-    assert "resnet18" in out
-    assert trained_model.run_id[:12] in out
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    out = _scanml(trained_model, "compare", "--config", str(smoke), cwd=tmp_path).stdout
+    assert "resnet18" in out and "best/auroc" in out  # the preset's experiment, best epoch
+    assert trained_model.run_id in out
 
 
 def test_promote_says_what_it_replaces(
     trained_model: TrainedModel, champion: str, tmp_path: Path
 ) -> None:
     name, version = trained_model.model_uri.removeprefix("models:/").split("/")
-    out = _scanml(
-        trained_model, "promote", trained_model.run_id, "--name", name, cwd=tmp_path
-    ).stdout
+    out = _scanml(trained_model, "promote", trained_model.run_id, cwd=tmp_path).stdout
+    assert f"models:/{name}@champion -> version {version}" in out  # the name came from the run
     assert f"replacing version {version}" in out

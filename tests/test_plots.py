@@ -1,27 +1,19 @@
-"""Figures render to real PNG files; the overlay shows the scan, the heat and the regions."""
+"""Figures render to real PNG files, with labels a reader can read."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
-from scanml.io import Scan
 from scanml.metrics import ScanOutcome
-from scanml.plots import (
-    DISPLAY_MAX_ATTENUATION,
-    overlay_image,
-    plot_confusion,
-    plot_dr_far,
-    plot_pr,
-    plot_roc,
-    save_figure,
-    save_overlay,
-)
-from scanml.predict import Prediction, Region
+from scanml.plots import plot_confusion, plot_dr_far, plot_pr, plot_roc, save_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -73,45 +65,27 @@ def test_curves_of_one_class_say_undefined_instead_of_crashing(tmp_path: Path) -
         save_figure(figure, tmp_path / "one-class.png")
 
 
-def scan_and_prediction(height: int = 200, width: int = 400) -> tuple[Scan, Prediction]:
-    attenuation = np.zeros((2, height, width), dtype=np.float32)
-    attenuation[0, :, width // 2 :] = DISPLAY_MAX_ATTENUATION + 1  # dense right half, high channel
-    attenuation[1] = 1.0  # the low channel must not be what is shown
-    heatmap = np.zeros((height, width), dtype=np.float32)
-    heatmap[50:100, 50:150] = 0.95
-    prediction = Prediction(
-        score=0.95,
-        flagged=True,
-        heatmap=heatmap,
-        regions=[Region(x=50.0, y=50.0, w=100.0, h=50.0, score=0.95, category="drugs")],
-        dense_logits=np.zeros((5, height // 16, width // 16), dtype=np.float32),
-        peak_xy=(60.0, 60.0),
-    )
-    return Scan(attenuation, (5.0, 5.0), ["high", "low"], {"scan_id": "s1"}), prediction
+def test_dr_far_axis_reads_0_1_1_and_5_percent_without_overlap(
+    outcomes: list[ScanOutcome], tmp_path: Path
+) -> None:
+    figure = plot_dr_far(outcomes)
+    save_figure(figure, tmp_path / "dr_far.png")
+    canvas = FigureCanvasAgg(figure)  # the renderer that wrote the PNG
+    canvas.draw()
+    axes = figure.axes[0]
+    labels = [t for t in axes.get_xticklabels() if t.get_visible() and t.get_text()]
+    low, high = axes.get_xlim()
+    shown = [t for t in labels if low <= t.get_position()[0] <= high]
+    texts = [t.get_text() for t in shown]
+    assert texts[:3] == ["0.1 %", "1 %", "5 %"]
+    boxes = [t.get_window_extent(canvas.get_renderer()) for t in shown]
+    for left, right in itertools.pairwise(boxes):
+        assert left.x1 + 2 < right.x0, f"tick labels overlap: {texts}"
+    assert not [t for t in axes.xaxis.get_minorticklabels() if t.get_text()]
 
 
-def test_overlay_shows_the_high_channel_through_a_fixed_window_with_heat_and_boxes() -> None:
-    scan, prediction = scan_and_prediction()
-    image = overlay_image(scan, prediction, title="s1 score 0.95")
-    assert image.shape == (200, 400, 3) and image.dtype == np.uint8
-    assert (image[180, 100] == 255).all()  # air is white
-    assert (image[180, 300] == 0).all()  # beyond the window is black
-    red, _, blue = image[75, 100].astype(int)  # inside the hot region: coloured
-    assert red > 200 and blue < 120 and red - blue > 100
-    assert (image[150, 100] == 255).all()  # no heat: untouched
-    assert image[75, 50, 0] > 200 and image[75, 50, 1] < 100  # the box's left edge is red
-
-
-def test_overlay_rejects_a_heat_map_of_another_size() -> None:
-    scan, prediction = scan_and_prediction()
-    prediction.heatmap = prediction.heatmap[:100]
-    with pytest.raises(ValueError, match="heat map"):
-        overlay_image(scan, prediction)
-
-
-def test_save_overlay_writes_a_png(tmp_path: Path) -> None:
-    scan, prediction = scan_and_prediction()
-    path = save_overlay(scan, prediction, tmp_path / "overlays" / "s1.png", title="s1")
-    with Image.open(path) as image:
-        assert image.format == "PNG" and image.size == (400, 200) and image.mode == "RGB"
-    assert list(path.parent.iterdir()) == [path]
+def test_roc_legend_gives_scikit_learn_auroc(outcomes: list[ScanOutcome]) -> None:
+    labels = [o.label for o in outcomes]
+    scores = [o.score for o in outcomes]
+    legend = [line.get_label() for line in plot_roc(outcomes).axes[0].get_lines()]
+    assert legend[0].startswith(f"all (AUROC {roc_auc_score(labels, scores):.3f}")

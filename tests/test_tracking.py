@@ -112,3 +112,18 @@ def test_outage_then_recovery_loses_no_metric(tmp_path: Path) -> None:
         assert "version.torch" in run.data.tags
     finally:
         _kill(server)
+
+
+def test_tracking_sits_below_every_step_and_still_resolves_the_moved_pyfunc() -> None:
+    code = (
+        "import sys, scanml.tracking as t; "
+        "print(sorted(m for m in sys.modules if m.startswith('scanml.'))); "
+        "from scanml.tracking import ScanmlPyfunc, log_model; import scanml.pyfunc as p; "
+        "print(ScanmlPyfunc is p.ScanmlPyfunc and log_model is p.log_model)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    imported, moved = completed.stdout.splitlines()
+    assert imported == "['scanml.tracking']"  # no scoring, predict or models behind it
+    assert moved == "True"  # models logged before the move import it from tracking

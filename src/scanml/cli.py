@@ -2,7 +2,10 @@
 
 Each subcommand maps one-to-one onto a Python function a notebook can call
 (named in its help). Heavy modules are imported when a command runs, so
-``scanml --help`` is instant.
+``scanml --help`` is instant, and the arguments a user can get wrong (a
+configuration, a data folder, a model URI, an output place) are checked
+before the heavy work starts: a mistake is one line naming what was wrong
+and what exists, and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scanml import __version__
+from scanml.cli_checks import (
+    MODEL_HELP,
+    UserFacingError,
+    check_dataset,
+    check_inputs,
+    check_writable,
+    load_config,
+)
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -38,13 +49,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except UserFacingError as exc:
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
         print(f"scanml {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 
-class UserFacingError(Exception):
-    """An error whose message is all the user needs (bad input, bad configuration)."""
+def _is_user_error(exc: Exception) -> bool:
+    """Errors that describe a user's mistake in one message: print it, no traceback.
+
+    Checked by class name through the modules already imported, so that
+    ``scanml --help`` and the light commands never import MLflow or torch.
+    """
+    if isinstance(exc, UserFacingError | FileNotFoundError | NotADirectoryError):
+        return True
+    user_errors = [
+        getattr(sys.modules.get(module), name, None)
+        for module, name in (
+            ("scanml.config", "ConfigError"),
+            ("scanml.data", "DataError"),
+            ("scanml.registry", "RegistryLookupError"),
+            ("scanml.io", "ScanReadError"),
+        )
+    ]
+    return any(kind is not None and isinstance(exc, kind) for kind in user_errors)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,14 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommand(
+    commands: argparse._SubParsersAction, name: str, help: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows every default."""
+    return commands.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
 # -- synth ------------------------------------------------------------------------------
 
 
 def _add_synth(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = _subcommand(
+        commands,
         "synth",
-        help="simulate container scans with ground truth (scanml.synth.generate_dataset)",
-        description="Simulate side-view transmission X-ray scans of shipping containers, with "
+        "simulate container scans with ground truth (scanml.synth.generate_dataset)",
+        "Simulate side-view transmission X-ray scans of shipping containers, with "
         "concealed drugs, cigarettes and weapons, as DICOS files plus manifest.csv and "
         "annotations.json (COCO).",
     )
@@ -89,25 +131,25 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
         "--anomaly-fraction", type=float, default=0.5, help="share of scans with a concealment"
     )
     p.add_argument(
-        "--sites", type=_csv, default=None, help="comma-separated scanner profiles (default: all)"
+        "--sites", type=_csv, default=None, help="comma-separated scanner profiles (None: all)"
     )
     p.add_argument(
-        "--lengths", type=_csv, default=["20ft", "40ft"], help="container lengths, e.g. 20ft,40ft"
+        "--lengths", type=_csv, default="20ft,40ft", help="container lengths, comma-separated"
     )
     p.add_argument(
         "--energy",
         choices=["site", "single", "dual"],
         default="site",
-        help="single or dual energy, or as the site's scanner does (default)",
+        help="single or dual energy, or as the site's scanner does",
     )
     p.add_argument(
         "--format",
         dest="file_format",
         choices=["dcm", "tiff"],
         default="dcm",
-        help="DICOS (default) or 16-bit TIFF",
+        help="DICOS or 16-bit TIFF",
     )
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=None, help="processes (None: all cores)")
     p.add_argument(
         "--skip-existing", action="store_true", help="keep scans already written (resume)"
     )
@@ -121,37 +163,64 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
+    if args.n_scans < 1:
+        raise UserFacingError(f"--n-scans {args.n_scans}: need at least one scan")
+    if not 0.0 <= args.anomaly_fraction <= 1.0:
+        raise UserFacingError(f"--anomaly-fraction {args.anomaly_fraction}: must be in [0, 1]")
+    check_writable(args.out, "--out")
     from scanml.synth import generate_dataset
 
-    summary = generate_dataset(
-        out_dir=args.out,
-        n_scans=args.n_scans,
-        seed=args.seed,
-        anomaly_fraction=args.anomaly_fraction,
-        sites=args.sites,
-        lengths=tuple(args.lengths),
-        energy=args.energy,
-        file_format=args.file_format,
-        workers=args.workers,
-        skip_existing=args.skip_existing,
-        vary_acquisition=args.vary_acquisition,
-    )
-    print(summary)
+    try:
+        summary = generate_dataset(
+            out_dir=args.out,
+            n_scans=args.n_scans,
+            seed=args.seed,
+            anomaly_fraction=args.anomaly_fraction,
+            sites=args.sites,
+            lengths=tuple(args.lengths),
+            energy=args.energy,
+            file_format=args.file_format,
+            workers=args.workers,
+            skip_existing=args.skip_existing,
+            vary_acquisition=args.vary_acquisition,
+        )
+    except ValueError as exc:  # an unknown site or length: the message lists the known ones
+        raise UserFacingError(str(exc)) from None
+    print(_synth_summary(summary))
     return 0
+
+
+def _synth_summary(summary) -> str:
+    clean = summary.n_scans - summary.n_anomalous
+    rate = f"{summary.scans_per_second:.1f} scans/s"
+    return "\n".join(
+        [
+            f"{summary.n_scans} scans in {summary.out_dir}: {summary.n_anomalous} with a "
+            f"concealment ({summary.n_objects} objects), {clean} clean",
+            f"  written {summary.n_generated}, kept from before {summary.n_skipped}; "
+            f"{summary.megapixels:.0f} megapixels in {summary.seconds:.1f} s ({rate})",
+            f"  manifest     {summary.manifest}",
+            f"  annotations  {summary.annotations}",
+        ]
+    )
 
 
 # -- train ------------------------------------------------------------------------------
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = _subcommand(
+        commands,
         "train",
-        help="train a model, tracked in MLflow (scanml.train.train)",
-        description="Train (or fine-tune) a dense anomaly detector on a dataset folder holding "
+        "train a model, tracked in MLflow (scanml.train.train)",
+        "Train (or fine-tune) a dense anomaly detector on a dataset folder holding "
         "manifest.csv and annotations.json. Prints the MLflow run id and the registered model URI.",
     )
     p.add_argument(
-        "--config", type=Path, default=None, help="YAML preset, e.g. configs/default.yaml"
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML preset, e.g. configs/default.yaml (None: the built-in defaults)",
     )
     p.add_argument(
         "--data", type=Path, required=True, help="folder with manifest.csv and annotations.json"
@@ -174,14 +243,13 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from scanml.config import ConfigError, load_config
-    from scanml.data import DataError
-    from scanml.train import train
+    config = None if args.resume else load_config(args.config, args.overrides)
+    check_dataset(args.data, "--data")
+    from scanml.train import train  # torch and friends: only once the arguments are sound
 
     try:
-        config = None if args.resume else load_config(args.config, args.overrides)
         result = train(config, args.data, resume=args.resume, overrides=args.overrides)
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except FileNotFoundError as exc:
         raise UserFacingError(str(exc)) from None
     print(f"run id: {result.run_id}")
     print(f"model: {result.model_uri}")
@@ -193,24 +261,30 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = _subcommand(
+        commands,
         "evaluate",
-        help="evaluate a model on a dataset and log the report to MLflow (scanml.evaluation.evaluate)",
+        "evaluate a model on a dataset and log the report to MLflow (scanml.evaluation.evaluate)",
+        "Score a split of a dataset with a model, on the split the model was trained "
+        "without (its own fractions and seed), and log metrics, plots, overlays and a "
+        "report to MLflow; the headline figures also go on the registered model version.",
     )
-    p.add_argument(
-        "--model",
-        required=True,
-        help="runs:/..., models:/NAME/VERSION, models:/NAME@alias or a folder",
-    )
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument(
         "--data", type=Path, required=True, help="folder with manifest.csv and annotations.json"
     )
     p.add_argument(
         "--split",
         default="test",
-        help="manifest split to evaluate (default: test; 'all' for every scan)",
+        choices=["train", "val", "test", "all"],
+        help="split to evaluate ('all' for every scan)",
     )
-    p.add_argument("--out", type=Path, default=None, help="folder for report.md and report.json")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for report.md, report.json, plots and overlays (None: a temporary folder)",
+    )
     p.add_argument(
         "--calibrate-far",
         type=float,
@@ -225,10 +299,23 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         help="also report, per site, the false-alarm rate of a threshold set on SITE's clean "
         "scans (at --calibrate-far, else the model's target) and of the stored one",
     )
+    p.add_argument(
+        "--experiment", default="scanml-evaluation", help="MLflow experiment of the evaluation run"
+    )
+    p.add_argument("--overlays", type=int, default=4, help="overlays to draw with the true boxes")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    check_dataset(args.data, "--data")
+    if args.calibrate_far is not None and not 0.0 < args.calibrate_far < 1.0:
+        raise UserFacingError(f"--calibrate-far {args.calibrate_far}: must be in (0, 1)")
+    if args.out is not None:
+        check_writable(args.out, "--out")
+    from scanml.registry import resolve_model
+
+    resolve_model(args.model)
     from scanml.evaluation import evaluate
 
     try:
@@ -239,8 +326,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             out_dir=args.out,
             calibrate_far=args.calibrate_far,
             calibrate_on=args.calibrate_on,
+            experiment=args.experiment,
+            device=args.device,
+            overlays=args.overlays,
         )
-    except ValueError as exc:  # a site or split the data does not have
+    except ValueError as exc:  # a site or split the data lacks, no clean scans to calibrate on
+        if type(exc) is not ValueError:
+            raise
         raise UserFacingError(str(exc)) from None
     print(report.to_markdown())
     return 0
@@ -250,17 +342,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_score(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = _subcommand(
+        commands,
         "score",
-        help="batch-score scans into a Parquet table (scanml.scoring.score)",
-        description="Score every scan in a folder, glob or manifest. One row per input file, "
+        "batch-score scans into a Parquet table (scanml.scoring.score)",
+        "Score every scan in a folder, glob or manifest. One row per input file, "
         "failures included; a killed job rerun with the same arguments skips what is done.",
     )
-    p.add_argument(
-        "--model",
-        required=True,
-        help="runs:/..., models:/NAME/VERSION, models:/NAME@champion or a folder",
-    )
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--input", required=True, help="a folder, a glob, or a manifest.csv")
     p.add_argument("--out", type=Path, required=True, help="the scores table (.parquet)")
     p.add_argument("--overlays", type=Path, default=None, help="folder for a PNG per flagged scan")
@@ -268,10 +357,13 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
         "--tdr", type=Path, default=None, help="folder for a DICOS Threat Detection Report per scan"
     )
     p.add_argument(
-        "--workers", type=int, default=None, help="decoding processes (default: cores - 1)"
+        "--workers", type=int, default=None, help="decoding processes (None: cores - 1, at most 8)"
     )
     p.add_argument(
-        "--threshold", type=float, default=None, help="override the model's calibrated threshold"
+        "--threshold",
+        type=float,
+        default=None,
+        help="override the model's calibrated threshold (None: the model's)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     p.add_argument(
@@ -286,6 +378,15 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> int:
+    check_inputs(args.input)
+    check_writable(args.out.parent if str(args.out.parent) else Path("."), "--out")
+    if args.out.is_dir():
+        raise UserFacingError(f"--out {args.out}: is a folder; give the table's file name")
+    # Unwritable --overlays/--tdr folders are the scoring job's to report: it
+    # warns once, keeps every score and lists the outputs that failed.
+    from scanml.registry import resolve_model
+
+    resolve_model(args.model)
     from scanml.scoring import ScoringError, TableLockedError, score
 
     try:
@@ -312,39 +413,83 @@ def _run_score(args: argparse.Namespace) -> int:
 
 
 def _add_compare(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "compare", help="runs side by side, best first (scanml.evaluation.compare_runs)"
+    p = _subcommand(
+        commands,
+        "compare",
+        "training runs side by side, best first (scanml.runs.compare_runs)",
+        "List the training runs of an experiment, best first on --metric. Metrics that "
+        "'scanml evaluate' logged for a run's model (test/auroc, ...) are shown with the run.",
     )
-    p.add_argument("--experiment", default="scanml", help="MLflow experiment name")
-    p.add_argument("--metric", default="val/auroc", help="sort key (default: val/auroc)")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument(
+        "--experiment",
+        default=None,
+        help="MLflow experiment (None: the one the --config preset trains into)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="preset whose experiment to list (None: the built-in defaults, as configs/default.yaml)",
+    )
+    p.add_argument(
+        "--metric",
+        default="best/auroc",
+        help="the metric to show and sort by: best/... (the kept epoch), val/... (the last), "
+        "test/... (from scanml evaluate)",
+    )
+    p.add_argument("--limit", type=int, default=20, help="most runs to list")
     p.set_defaults(func=_run_compare)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from scanml.evaluation import compare_runs
+    experiment = args.experiment or load_config(args.config, []).tracking.experiment
+    import pandas as pd
 
-    table = compare_runs(args.experiment, metric=args.metric, limit=args.limit)
-    print(
-        table.to_string(index=False) if len(table) else f"no runs in experiment {args.experiment!r}"
-    )
+    from scanml.runs import compare_runs
+
+    table = compare_runs(experiment, metric=args.metric, limit=args.limit)
+    if not len(table):
+        print(f"no runs in experiment {experiment!r}")
+        return 0
+    with pd.option_context("display.width", 250, "display.max_columns", None):
+        print(table.to_string(index=False))
     return 0
 
 
 def _add_promote(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("promote", help="set the 'champion' alias (scanml.evaluation.promote)")
-    p.add_argument(
-        "target", metavar="RUN_OR_VERSION", help="an MLflow run id or a registered model version"
+    p = _subcommand(
+        commands,
+        "promote",
+        "point the 'champion' alias at a model version (scanml.runs.promote)",
+        "Point an alias (champion: the model in service) at a registered model version, given "
+        "by the run that logged it (its id or a unique prefix) or by its version number.",
     )
-    p.add_argument("--name", default="scanml-anomaly", help="registered model name")
-    p.add_argument("--alias", default="champion")
+    p.add_argument(
+        "target", metavar="RUN_OR_VERSION", help="an MLflow run id or a registered version number"
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="registered model (None: the one the run registered; for a version number, "
+        "the --config preset's)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="preset whose registered model a version number belongs to (None: built-in defaults)",
+    )
+    p.add_argument("--alias", default="champion", help="the alias to move")
     p.set_defaults(func=_run_promote)
 
 
 def _run_promote(args: argparse.Namespace) -> int:
-    from scanml.evaluation import promote
+    default_name = None
+    if args.name is None and args.target.isdigit():
+        default_name = load_config(args.config, []).tracking.registered_model
+    from scanml.runs import promote
 
-    change = promote(args.target, name=args.name, alias=args.alias)
+    change = promote(args.target, name=args.name, alias=args.alias, default_name=default_name)
     print(change)
     return 0
 
@@ -353,10 +498,10 @@ def _run_promote(args: argparse.Namespace) -> int:
 
 
 def _add_info(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "info", help="read scan files and print what scanml sees (scanml.io.read_scan)"
+    p = _subcommand(
+        commands, "info", "read scan files and print what scanml sees (scanml.io.read_scan)"
     )
-    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("paths", nargs="+", type=Path, help="scan files")
     p.add_argument(
         "--spacing-mm",
         type=float,
@@ -428,16 +573,22 @@ def _print_reading_notes(meta: dict) -> None:
 
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "demo", help="the whole job on simulated data: data, train, evaluate, score"
+    p = _subcommand(
+        commands,
+        "demo",
+        "the whole job on simulated data: data, train, evaluate, score (scanml.demo.run_demo)",
     )
-    p.add_argument("--workdir", type=Path, default=Path("."))
-    p.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
-    p.add_argument("--n-scans", type=int, default=300)
+    p.add_argument("--workdir", type=Path, default=Path("."), help="project folder to work in")
+    p.add_argument(
+        "--config", type=Path, default=Path("configs/default.yaml"), help="training preset"
+    )
+    p.add_argument("--n-scans", type=int, default=300, help="scans to simulate for training")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    load_config(args.config, [])
+    check_writable(args.workdir, "--workdir")
     from scanml.demo import run_demo
 
     run_demo(args.workdir, config=args.config, n_scans=args.n_scans)
@@ -445,10 +596,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "bench", help="speed benchmarks into reports/ and MLflow (scanml.bench)"
-    )
-    p.add_argument("--out", type=Path, default=Path("reports"))
+    p = _subcommand(commands, "bench", "speed benchmarks into reports/ and MLflow (scanml.bench)")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="folder for the report")
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke check")
     p.add_argument(
         "--skip-training",
@@ -495,13 +644,9 @@ def _run_quality_bench(args: argparse.Namespace) -> int:
             "--quality needs --data, --left-out and --foreign folders with a manifest.csv "
             f"(missing or without one: {', '.join(missing)}); `make bench-quality` makes them"
         )
-    from scanml.config import ConfigError, load_config
+    load_config(args.config, args.overrides)
     from scanml.quality import run_quality_benchmark
 
-    try:
-        load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        raise UserFacingError(str(exc)) from None
     report = run_quality_benchmark(
         data_dir=args.data,
         left_out_dir=args.left_out,

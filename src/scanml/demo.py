@@ -30,7 +30,8 @@ def run_demo(
 ) -> dict[str, Path | str]:
     """Run every step and print where the results are; returns the same locations."""
     from scanml.config import load_config
-    from scanml.evaluation import evaluate, promote
+    from scanml.evaluation import evaluate
+    from scanml.runs import promote
     from scanml.scoring import score
     from scanml.synth import generate_dataset
     from scanml.train import train

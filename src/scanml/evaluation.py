@@ -1,56 +1,86 @@
-"""Evaluate a model on whole scans, compare runs, and promote a model to service.
+"""Evaluate a model on whole scans, on the split it was trained without.
 
-- :func:`evaluate` scores a dataset split through the same Predictor as
-  scoring, computes the customs metrics (DR at fixed false-alarm rates,
-  pointing, region recall, per site), and logs them with plots and a
-  Markdown/JSON report to MLflow;
-- :func:`compare_runs` lists the runs of an experiment side by side, best first;
-- :func:`promote` moves the ``champion`` alias and says what it replaces.
+:func:`evaluate` scores a dataset split through the same Predictor as
+scoring, computes the customs metrics (DR at fixed false-alarm rates,
+pointing, region recall, per site), and logs them with plots, overlays and
+a Markdown/JSON report to MLflow; the headline figures also go on the
+registered model version. Comparing runs and promoting a model are
+:mod:`scanml.runs`.
+
+The split is the model's own: the fractions and seed it was trained with
+(``ModelBundle.metadata["split"]``, or else its training run's parameters),
+so a "test" scan is never one it learnt from. A model that records neither
+is evaluated on a split drawn with the default fractions, with a warning.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from tqdm.auto import tqdm
 
+from scanml.config import DataConfig
 from scanml.cross_site import CrossSiteTable, cross_site_table
 from scanml.data import ScanRecord, assign_splits, load_dataset
+from scanml.fsutil import write_atomically, write_text_atomically
 from scanml.io import ScanReadError, read_scan
-from scanml.metrics import ScanMetrics, ScanOutcome, compute_metrics, threshold_at_far
+from scanml.metrics import (
+    ScanMetrics,
+    ScanOutcome,
+    ThresholdCalibration,
+    calibrate_threshold,
+    compute_metrics,
+)
 from scanml.models import ModelBundle
 from scanml.predict import Predictor
-from scanml.tracking import Tracker, log_model, resolve_tracking_uri, run_tags
+from scanml.pyfunc import log_model
+from scanml.registry import ResolvedModel, resolve_model
+from scanml.tracking import Tracker, resolve_tracking_uri, run_tags
 
-__all__ = ["EvaluationReport", "PromotionChange", "compare_runs", "evaluate", "promote"]
+__all__ = ["EvaluationReport", "SplitSource", "evaluate", "model_split"]
 
 log = logging.getLogger(__name__)
 
-#: The columns `scanml compare` shows, in order: (MLflow column, header).
-_COMPARE_COLUMNS = (
-    ("tags.mlflow.runName", "run"),
-    ("params.model.architecture", "backbone"),
-    ("params.model.channels", "channels"),
-    ("params.model.spacing_mm", "mm/px"),
-    ("metrics.best/auroc", "auroc"),
-    ("metrics.best/average_precision", "ap"),
-    ("metrics.best/dr_at_far_1pct", "dr@1%far"),
-    ("metrics.best/pointing_hit_rate", "pointing"),
-    ("metrics.best/threshold", "threshold"),
-    ("params.data.path", "data"),
-    ("params.data.n_train", "n_train"),
+#: The figures copied onto the registered model version as tags ``<split>/<key>``.
+_VERSION_TAG_METRICS = (
+    "auroc",
+    "average_precision",
+    "dr_at_far_1pct",
+    "far_at_dr_90pct",
+    "pointing_hit_rate",
+    "region_recall",
+    "n_scans",
 )
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """The split fractions and seed a model was trained with, and where they were found."""
+
+    val_fraction: float
+    test_fraction: float
+    seed: int
+    source: str  # "model", "training run <id>" or "defaults"
+    digest: str | None = None  # the training data's digest after splitting, when known
+
+    def describe(self) -> str:
+        return (
+            f"val {self.val_fraction:g}, test {self.test_fraction:g}, seed {self.seed} "
+            f"(from the {self.source})"
+        )
 
 
 @dataclass
@@ -68,14 +98,20 @@ class EvaluationReport:
     calibrated: bool = False
     files: dict[str, str] = field(default_factory=dict)
     cross_site: CrossSiteTable | None = None  # with calibrate_on
+    split_source: SplitSource | None = None
+    calibration: ThresholdCalibration | None = None
+    model_version: str | None = None  # models:/NAME/VERSION the URI pointed at
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model_uri": self.model_uri,
+            "model_version": self.model_version,
             "data_dir": self.data_dir,
             "split": self.split,
+            "split_source": self.split_source.__dict__ if self.split_source else None,
             "threshold": self.threshold,
             "calibrated": self.calibrated,
+            "calibration": self.calibration.to_metadata() if self.calibration else None,
             "n_failed": self.n_failed,
             "run_id": self.run_id,
             "seconds": round(self.seconds, 2),
@@ -87,12 +123,18 @@ class EvaluationReport:
         flat = self.metrics.to_flat_dict()
         overall = {key: value for key, value in flat.items() if not key.startswith("site/")}
         sites = sorted({key.split("/")[1] for key in flat if key.startswith("site/")})
+        version = f" ({self.model_version})" if self.model_version else ""
+        split_line = f"; split {self.split_source.describe()}" if self.split_source else ""
         lines = [
-            f"# Evaluation of `{self.model_uri}`",
+            f"# Evaluation of `{self.model_uri}`{version}",
             "",
-            f"Data `{self.data_dir}`, split `{self.split}`; threshold {self.threshold:.4f}"
-            f"{' (recalibrated)' if self.calibrated else ''}; {self.n_failed} unreadable scans; "
-            f"MLflow run `{self.run_id}`.",
+            f"Data `{self.data_dir}`, split `{self.split}`{split_line}; threshold "
+            f"{self.threshold:.4f}{' (recalibrated)' if self.calibrated else ''}; "
+            f"{self.n_failed} unreadable scans; MLflow run `{self.run_id}`.",
+        ]
+        if self.calibration is not None:
+            lines += ["", f"Calibration: {self.calibration.describe()}."]
+        lines += [
             "",
             "| metric | all | " + " | ".join(sites) + " |",
             "|---|---:|" + "---:|" * len(sites),
@@ -118,13 +160,17 @@ def evaluate(
     experiment: str = "scanml-evaluation",
     device: str = "auto",
     progress: bool = True,
+    overlays: int = 4,
 ) -> EvaluationReport:
     """Score ``split`` of ``data_dir`` with the model, compute the metrics and log them.
 
+    The split is drawn as the model's training drew it (:func:`model_split`).
     With ``calibrate_far`` the threshold is first recalibrated on the clean
     scans of the ``val`` split at that false-alarm rate and stored with the
     model (a local folder is rewritten; an MLflow model gets a new registered
-    version carrying the new threshold).
+    version carrying the new threshold). ``overlays``: how many overlays
+    (highest scores first, then missed anomalous scans) to draw with the
+    annotated boxes beside the prediction.
 
     With ``calibrate_on`` (a site) the report adds, for every site, the
     false-alarm and detection rates of the stored threshold and of a
@@ -133,6 +179,7 @@ def evaluate(
     Nothing is stored for it.
     """
     started = time.perf_counter()
+    resolved = resolve_model(model_uri)
     bundle = ModelBundle.load(model_uri)
     stored_threshold = bundle.threshold
     predictor = Predictor(bundle, device=device)
@@ -142,10 +189,23 @@ def evaluate(
             f"--calibrate-on {calibrate_on!r}: no such site in {data_dir} "
             f"(sites: {', '.join(dataset.sites)})"
         )
-    if split != "all":
-        dataset = assign_splits(dataset, val_fraction=0.2, test_fraction=0.1, seed=0)
+    split_source = model_split(bundle, resolved)
+    dataset = assign_splits(
+        dataset,
+        val_fraction=split_source.val_fraction,
+        test_fraction=split_source.test_fraction,
+        seed=split_source.seed,
+    )
+    if split_source.digest and split_source.digest != dataset.digest:
+        warnings.warn(
+            f"{data_dir} is not the data {model_uri} was trained on (digest "
+            f"{dataset.digest[:12]} vs {split_source.digest[:12]}): its {split!r} split may "
+            "hold scans like those it learnt from",
+            UserWarning,
+            stacklevel=2,
+        )
 
-    calibrated = False
+    calibration = None
     if calibrate_far is not None:
         val_outcomes, _ = _score_records(
             predictor, dataset.split("val").records, "calibration", progress
@@ -155,11 +215,12 @@ def evaluate(
             raise ValueError(
                 f"{data_dir}: no clean scans in the val split to calibrate the threshold on"
             )
-        bundle.threshold = threshold_at_far(clean, calibrate_far)
-        bundle.metadata.update(target_far=calibrate_far, calibration_scans=len(clean))
-        calibrated = True
+        calibration = calibrate_threshold(clean, calibrate_far)
+        bundle.threshold = calibration.threshold
+        bundle.metadata.update(calibration.to_metadata())
 
-    records = dataset.records if split == "all" else dataset.split(split).records
+    evaluated = dataset if split == "all" else dataset.split(split)
+    records = evaluated.records
     if not records:
         raise ValueError(f"{data_dir}: the {split!r} split holds no scans")
     outcomes, n_failed = _score_records(predictor, records, f"evaluating {split}", progress)
@@ -179,22 +240,36 @@ def evaluate(
         tags=run_tags(
             {
                 "scanml.model_uri": model_uri,
-                "scanml.source_run_id": str(bundle.metadata.get("run_id")),
+                "scanml.source_run_id": str(bundle.metadata.get("run_id") or resolved.run_id),
+                **(
+                    {"scanml.model_version": resolved.registry_uri} if resolved.registry_uri else {}
+                ),
             }
         ),
+        description=_run_description(resolved, data_dir, split, split_source, metrics),
     )
     tracker.log_params(
         {
             "model_uri": model_uri,
+            "model_version": resolved.registry_uri,
             "data.path": str(Path(data_dir).resolve()),
             "split": split,
+            "split.val_fraction": split_source.val_fraction,
+            "split.test_fraction": split_source.test_fraction,
+            "split.seed": split_source.seed,
+            "split.source": split_source.source,
             "threshold": bundle.threshold,
             "n_scans": len(records),
+            **(
+                {f"calibration.{k}": v for k, v in calibration.to_metadata().items()}
+                if calibration
+                else {}
+            ),
         }
     )
-    tracker.log_metrics(
-        {f"{split}/{key}": value for key, value in metrics.to_flat_dict().items()}, step=0
-    )
+    tracker.log_dataset(evaluated, name=Path(data_dir).name, context="evaluation")
+    flat = {f"{split}/{key}": value for key, value in metrics.to_flat_dict().items()}
+    tracker.log_metrics(flat, step=0)
     report = EvaluationReport(
         model_uri,
         str(data_dir),
@@ -204,84 +279,74 @@ def evaluate(
         n_failed,
         run_id,
         time.perf_counter() - started,
-        calibrated,
+        calibration is not None,
         cross_site=cross_site,
+        split_source=split_source,
+        calibration=calibration,
+        model_version=resolved.registry_uri,
     )
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="scanml-eval-"))
     report.files = _write_report(report, outcomes, out)
-    for path in report.files.values():
-        tracker.log_artifact(path, "evaluation")
-    if calibrated:
+    report.files.update(
+        _write_overlays(predictor, records, outcomes, bundle, out / "overlays", overlays)
+    )
+    for key, path in report.files.items():
+        tracker.log_artifact(
+            path, "evaluation/overlays" if key.startswith("overlay:") else "evaluation"
+        )
+    if run_id is not None:
+        _attach_to_version(resolved, flat, run_id, split, tracker.tracking_uri)
+    if calibration is not None:
         _store_threshold(bundle, model_uri, run_id, tracker, [str(r.path) for r in records[:1]])
     tracker.end()
     return report
 
 
-def compare_runs(
-    experiment: str = "scanml", *, metric: str = "val/auroc", limit: int = 20
-) -> pd.DataFrame:
-    """The finished runs of ``experiment`` side by side, best ``metric`` first."""
-    mlflow.set_tracking_uri(resolve_tracking_uri())
-    if MlflowClient().get_experiment_by_name(experiment) is None:
-        return pd.DataFrame()
-    runs = mlflow.search_runs(experiment_names=[experiment], max_results=max(limit * 5, 100))
-    if runs.empty:
-        return runs
-    key = f"metrics.{metric}"
-    if key not in runs:
-        key = f"metrics.best/{metric.split('/', 1)[-1]}"
-    table = pd.DataFrame({"run_id": runs["run_id"].str.slice(0, 12), "status": runs["status"]})
-    for column, header in _COMPARE_COLUMNS:
-        table[header] = runs.get(column, None)
-    duration = (runs["end_time"] - runs["start_time"]).dt.total_seconds() / 60
-    table["minutes"] = duration.round(1)
-    table[metric] = runs[key] if key in runs else float("nan")
-    table = table.loc[:, ~table.columns.duplicated()]
-    return (
-        table.sort_values(metric, ascending=False, na_position="last")
-        .head(limit)
-        .reset_index(drop=True)
-    )
+def model_split(bundle: ModelBundle, resolved: ResolvedModel | None = None) -> SplitSource:
+    """The split fractions and seed the model was trained with.
 
-
-@dataclass(frozen=True)
-class PromotionChange:
-    """Which version an alias moved from and to."""
-
-    name: str
-    alias: str
-    version: str
-    previous: str | None
-    run_id: str | None
-
-    def __str__(self) -> str:
-        was = f"replacing version {self.previous}" if self.previous else "no previous holder"
-        return (
-            f"models:/{self.name}@{self.alias} -> version {self.version} (run {self.run_id}); {was}"
-        )
-
-
-def promote(
-    target: str, *, name: str = "scanml-anomaly", alias: str = "champion"
-) -> PromotionChange:
-    """Point ``alias`` at a registered version, given as a version number or the run that logged it."""
-    mlflow.set_tracking_uri(resolve_tracking_uri())
-    client = MlflowClient()
-    if target.isdigit():
-        version = client.get_model_version(name, target)
-    else:
-        found = client.search_model_versions(f"name='{name}' and run_id='{target}'")
-        if not found:
-            raise ValueError(
-                f"no version of registered model {name!r} was logged by run {target!r}"
+    Looked up, in order, in the bundle (``metadata["split"]``, a mapping
+    with ``val_fraction``, ``test_fraction``, ``seed`` and optionally
+    ``digest``), then in the parameters of its training run
+    (``data.val_fraction``, ``data.test_fraction``, ``seed``,
+    ``data.digest``). A model with neither (logged by an older scanml, its
+    run out of reach) gets the default fractions and seed, with a warning
+    that its "test" scans may include training scans.
+    """
+    recorded = bundle.metadata.get("split")
+    if isinstance(recorded, dict):
+        try:
+            return SplitSource(
+                float(recorded["val_fraction"]),
+                float(recorded["test_fraction"]),
+                int(recorded["seed"]),
+                "model",
+                recorded.get("digest"),
             )
-        version = max(found, key=lambda v: int(v.version))
-    try:
-        previous = client.get_model_version_by_alias(name, alias).version
-    except MlflowException:
-        previous = None
-    client.set_registered_model_alias(name, alias, version.version)
-    return PromotionChange(name, alias, str(version.version), previous, version.run_id)
+        except (KeyError, TypeError, ValueError):
+            log.warning("the model's split record %r is incomplete; ignoring it", recorded)
+    run_id = bundle.metadata.get("run_id") or (resolved.run_id if resolved else None)
+    if run_id:
+        try:
+            params = MlflowClient(resolve_tracking_uri()).get_run(run_id).data.params
+            return SplitSource(
+                float(params["data.val_fraction"]),
+                float(params["data.test_fraction"]),
+                int(params["seed"]),
+                f"training run {run_id}",
+                params.get("data.digest"),
+            )
+        except (MlflowException, KeyError, ValueError, OSError) as exc:
+            log.debug("no split parameters from run %s: %s", run_id, exc)
+    defaults = DataConfig()
+    warnings.warn(
+        "the model records no split parameters and its training run is out of reach: "
+        f"evaluating on a split drawn with the defaults (val {defaults.val_fraction}, test "
+        f"{defaults.test_fraction}, seed 0), which may include scans it was trained on",
+        UserWarning,
+        stacklevel=2,
+    )
+    return SplitSource(defaults.val_fraction, defaults.test_fraction, 0, "defaults")
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -305,32 +370,123 @@ def _score_records(
 def _write_report(
     report: EvaluationReport, outcomes: Sequence[ScanOutcome], out: Path
 ) -> dict[str, str]:
-    import matplotlib.pyplot as plt
-
     from scanml import plots
 
-    out.mkdir(parents=True, exist_ok=True)
     files = {
         "markdown": out / "report.md",
         "json": out / "report.json",
         "scores": out / "scan_scores.csv",
     }
-    files["markdown"].write_text(report.to_markdown())
-    files["json"].write_text(json.dumps(report.to_dict(), indent=2, default=float))
-    pd.DataFrame(
+    write_text_atomically(files["markdown"], report.to_markdown())
+    write_text_atomically(files["json"], json.dumps(report.to_dict(), indent=2, default=float))
+    table = pd.DataFrame(
         [
             {"scan_id": o.scan_id, "site": o.site, "label": o.label, "score": o.score}
             for o in outcomes
         ]
-    ).to_csv(files["scores"], index=False)
-    for name, figure in (
-        ("roc.png", plots.plot_roc(outcomes)),
-        ("detection_rate_vs_false_alarms.png", plots.plot_dr_far(outcomes)),
+    )
+    write_atomically(files["scores"], lambda target: table.to_csv(target, index=False))
+    for name, draw in (
+        ("roc.png", plots.plot_roc),
+        ("detection_rate_vs_false_alarms.png", plots.plot_dr_far),
     ):
-        files[name] = out / name
-        plots.save_figure(figure, files[name])
-        plt.close(figure)
+        files[name] = plots.save_figure(draw(outcomes), out / name)
     return {key: str(path) for key, path in files.items()}
+
+
+def _write_overlays(
+    predictor: Predictor,
+    records: Sequence[ScanRecord],
+    outcomes: Sequence[ScanOutcome],
+    bundle: ModelBundle,
+    folder: Path,
+    count: int,
+) -> dict[str, str]:
+    """Overlays with the annotated boxes: the highest scores, then missed anomalous scans.
+
+    Scans are scored again here rather than keeping every heat map (a
+    many-megapixel array per scan) for the few that are drawn.
+    """
+    from scanml.overlays import save_overlay
+
+    if count <= 0:
+        return {}
+    by_id = {record.scan_id: record for record in records}
+    ranked = sorted(outcomes, key=lambda o: o.score, reverse=True)
+    missed = [o for o in reversed(ranked) if o.label == 1 and o.score <= bundle.threshold]
+    chosen = list(
+        dict.fromkeys(
+            [o.scan_id for o in ranked[: max(1, count // 2)]] + [o.scan_id for o in missed]
+        )
+    )
+    chosen = list(dict.fromkeys(chosen + [o.scan_id for o in ranked]))[:count]
+    files = {}
+    for scan_id in chosen:
+        record = by_id[scan_id]
+        scan = read_scan(record.path, spacing_mm=record.spacing_mm, site=record.site)
+        prediction = predictor.predict(scan)
+        path = save_overlay(
+            scan,
+            prediction,
+            folder / f"{scan_id}.png",
+            title=f"{scan_id} label={record.label} score={prediction.score:.3f}",
+            heat_floor=bundle.region_threshold,
+            true_boxes=[(b.x, b.y, b.w, b.h) for b in record.boxes],
+        )
+        files[f"overlay:{scan_id}"] = str(path)
+    return files
+
+
+def _attach_to_version(
+    resolved: ResolvedModel,
+    flat: dict[str, float],
+    run_id: str,
+    split: str,
+    tracking_uri: str,
+) -> None:
+    """Copy the headline figures onto the registered version (tags and, in MLflow 3, metrics)."""
+    if not resolved.registry_uri:
+        return
+    client = MlflowClient(tracking_uri)
+    try:
+        for key in _VERSION_TAG_METRICS:
+            value = flat.get(f"{split}/{key}", math.nan)
+            client.set_model_version_tag(
+                resolved.name, resolved.version, f"{split}/{key}", _fmt(value)
+            )
+        client.set_model_version_tag(
+            resolved.name, resolved.version, f"{split}/evaluation_run", run_id
+        )
+        model_id = getattr(
+            client.get_model_version(resolved.name, resolved.version), "model_id", None
+        )
+        if model_id:
+            now = int(time.time() * 1000)
+            client.log_batch(
+                run_id,
+                metrics=[
+                    Metric(key, float(value), now, 0, model_id=model_id)
+                    for key, value in flat.items()
+                    if not key.startswith(f"{split}/site/")
+                ],
+            )
+    except MlflowException as exc:
+        log.warning("could not attach the evaluation to %s: %s", resolved.registry_uri, exc)
+
+
+def _run_description(
+    resolved: ResolvedModel,
+    data_dir: str | Path,
+    split: str,
+    split_source: SplitSource,
+    metrics: ScanMetrics,
+) -> str:
+    return (
+        f"Evaluation of {resolved} on the {split!r} split of {Path(data_dir).resolve()} "
+        f"({metrics.n_scans} scans: {metrics.n_anomalous} anomalous, {metrics.n_clean} clean); "
+        f"split {split_source.describe()}. AUROC {_fmt(metrics.auroc)}, "
+        f"DR at 1 % FAR {_fmt(metrics.dr_at_far.get(0.01, math.nan))}."
+    )
 
 
 def _store_threshold(
@@ -364,8 +520,18 @@ def _store_threshold(
             tracking_uri=tracker.tracking_uri,
             registered_model=name,
             example_paths=example_paths,
+            description=f"{model_uri} with its threshold recalibrated by evaluation run {run_id}: "
+            + _describe_calibration(bundle),
         )
     log.info("recalibrated model logged as %s", logged.registry_uri)
+
+
+def _describe_calibration(bundle: ModelBundle) -> str:
+    meta = bundle.metadata
+    return (
+        f"threshold {bundle.threshold:.4f} at {meta.get('target_far', math.nan):.2%} FAR on "
+        f"{meta.get('calibration_scans', '?')} clean scans"
+    )
 
 
 def _fmt(value: float) -> str:

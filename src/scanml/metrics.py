@@ -36,15 +36,19 @@ y = row), the same grid as the heat map's peak ``(x, y)``.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score, roc_auc_score
+from torchvision.ops import box_convert, box_iou
 
 if TYPE_CHECKING:
     from scanml.data import ScanRecord
@@ -52,10 +56,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Box",
+    "CalibrationWarning",
     "Confusion",
     "DetectionCurve",
     "ScanMetrics",
     "ScanOutcome",
+    "ThresholdCalibration",
+    "calibrate_threshold",
     "compute_metrics",
     "confusion_at_threshold",
     "detection_curve",
@@ -66,6 +73,8 @@ __all__ = [
 
 Box = tuple[float, float, float, float]
 """``(x, y, w, h)`` in scan pixels."""
+
+log = logging.getLogger(__name__)
 
 # A tolerance for turning ``rate * count`` into a whole number of scans:
 # 0.29 * 100 is 28.999999999999996 in floating point, and must count as 29.
@@ -269,6 +278,83 @@ def threshold_at_far(clean_scores: ArrayLike, far: float) -> float:
     return float(clean[allowed])
 
 
+class CalibrationWarning(UserWarning):
+    """The calibration set is too small for the false-alarm rate asked of it."""
+
+
+@dataclass(frozen=True)
+class ThresholdCalibration:
+    """A scan threshold calibrated on clean scans, and whether they could support its target.
+
+    ``needed`` is the number of clean scans at which the target FAR becomes
+    resolvable (``ceil(1 / far)``: one false alarm among them is the target
+    rate); with fewer, ``supported`` is False and the threshold is simply
+    the highest clean score seen, i.e. zero observed false alarms among
+    ``n_clean`` scans, which says little about the rate in service.
+    """
+
+    threshold: float
+    target_far: float
+    n_clean: int
+    needed: int
+
+    @property
+    def supported(self) -> bool:
+        return self.n_clean >= self.needed
+
+    def describe(self) -> str:
+        """One line for logs, reports and warnings."""
+        text = (
+            f"threshold {self.threshold:.4f} calibrated at {self.target_far:.2%} FAR "
+            f"on {self.n_clean} clean scans"
+        )
+        if self.supported:
+            return text
+        return (
+            f"{text}: too few for that rate (it needs at least {self.needed}); with "
+            f"{self.n_clean} the threshold is the highest clean score, so the false-alarm "
+            "rate in service is not known"
+        )
+
+    def to_metadata(self) -> dict[str, Any]:
+        """What a model bundle and an MLflow run record about the calibration."""
+        return {
+            "target_far": self.target_far,
+            "calibration_scans": self.n_clean,
+            "calibration_scans_needed": self.needed,
+            "calibration_supported": self.supported,
+        }
+
+
+def calibrate_threshold(
+    clean_scores: ArrayLike, far: float, *, fallback: float = 0.5
+) -> ThresholdCalibration:
+    """The one way scanml sets a model's threshold: :func:`threshold_at_far` on clean scans.
+
+    Warns (:class:`CalibrationWarning`, also logged) when there are fewer
+    than ``ceil(1 / far)`` clean scans, and the result records it
+    (:meth:`ThresholdCalibration.to_metadata`). Without any clean scan the
+    threshold is ``fallback``. Raises ValueError unless ``0 < far < 1``.
+    """
+    if not 0.0 < far < 1.0:
+        raise ValueError(f"far must be in (0, 1), got {far}")
+    clean = np.asarray(clean_scores, dtype=np.float64).ravel()
+    threshold = threshold_at_far(clean, far) if clean.size else float(fallback)
+    calibration = ThresholdCalibration(
+        threshold=threshold,
+        target_far=far,
+        n_clean=int(clean.size),
+        needed=math.ceil(1.0 / far - _COUNT_EPS),
+    )
+    if not calibration.supported:
+        message = calibration.describe()
+        if not clean.size:
+            message += f"; no clean scan at all, so the threshold is the fallback {fallback}"
+        log.warning("%s", message)
+        warnings.warn(message, CalibrationWarning, stacklevel=2)
+    return calibration
+
+
 def detection_rate_at_far(
     clean_scores: ArrayLike, anomalous_scores: ArrayLike, far: float
 ) -> float:
@@ -426,16 +512,15 @@ def _count_matches(true_boxes: Sequence[Box], regions: Sequence[Box], min_iou: f
 
 
 def _iou_matrix(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """IoU of every ``(x, y, w, h)`` box in ``boxes`` [N, 4] with every one in ``others`` [M, 4]."""
-    x0 = np.maximum(boxes[:, None, 0], others[None, :, 0])
-    y0 = np.maximum(boxes[:, None, 1], others[None, :, 1])
-    x1 = np.minimum(boxes[:, None, 0] + boxes[:, None, 2], others[None, :, 0] + others[None, :, 2])
-    y1 = np.minimum(boxes[:, None, 1] + boxes[:, None, 3], others[None, :, 1] + others[None, :, 3])
-    intersection = np.clip(x1 - x0, 0.0, None) * np.clip(y1 - y0, 0.0, None)
-    areas = boxes[:, 2] * boxes[:, 3]
-    other_areas = others[:, 2] * others[:, 3]
-    union = areas[:, None] + other_areas[None, :] - intersection
-    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+    """IoU of every ``(x, y, w, h)`` box in ``boxes`` [N, 4] with every one in ``others`` [M, 4].
+
+    torchvision's ``box_iou``; a pair of empty boxes (0 / 0) counts as no overlap.
+    """
+    overlaps = box_iou(
+        box_convert(torch.from_numpy(boxes), "xywh", "xyxy"),
+        box_convert(torch.from_numpy(others), "xywh", "xyxy"),
+    ).numpy()
+    return np.nan_to_num(overlaps, nan=0.0)
 
 
 def _enlarged(box: Box, margin: float) -> Box:

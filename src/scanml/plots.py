@@ -1,38 +1,28 @@
-"""Figures for evaluation reports and the overlay analysts look at.
+"""Metric figures for training runs and evaluation reports.
 
 Curves (ROC, precision-recall, detection rate against false-alarm rate,
 confusion matrix) are matplotlib :class:`~matplotlib.figure.Figure` objects
 built without ``pyplot``: no global figure registry, no backend to choose,
 nothing that could try to open a window on a server, and nothing left to
-close. :func:`save_figure` writes them.
-
-The overlay is the picture an analyst opens for a flagged container, and
-the scoring job writes one per flagged scan, so it is drawn with numpy and
-Pillow alone: about 20 ms to draw a 3-megapixel scan (matplotlib would
-take seconds), plus about 150 ms to encode it as PNG. It shows the scan as analysts see X-ray images, transmission-like
-grey with dense cargo dark, through a *fixed* window on log-attenuation, so
-the same cargo looks the same in every scan (a per-image min/max stretch
-would make an empty container look as dense as a full one). The heat map is
-blended in colour where it exceeds a floor and each region is boxed with
-its category and score.
+close. :func:`save_figure` writes them. The overlay analysts look at is
+:mod:`scanml.overlays`.
 """
 
 from __future__ import annotations
 
-import functools
+import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
-from PIL import Image, ImageDraw, ImageFont
-from sklearn.metrics import precision_recall_curve, roc_curve
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
+from scanml.fsutil import write_atomically
 from scanml.metrics import (
     ScanOutcome,
     confusion_at_threshold,
@@ -40,33 +30,17 @@ from scanml.metrics import (
     detection_rate_at_far,
 )
 
-if TYPE_CHECKING:
-    from scanml.io import Scan
-    from scanml.predict import Prediction, Region
-
 __all__ = [
-    "DISPLAY_MAX_ATTENUATION",
-    "overlay_image",
     "plot_confusion",
     "plot_dr_far",
     "plot_pr",
     "plot_roc",
     "save_figure",
-    "save_overlay",
 ]
 
-# The display window on log-attenuation: 0 (air) is white and this value
-# (transmission e^-7, about 0.1 %) and beyond is black. Most cargo lies in
-# A = 1..5, which the window spreads over most of the grey range, while
-# near-impenetrable cargo, the analyst's other warning sign, stays black.
-DISPLAY_MAX_ATTENUATION = 7.0
-
-# Heat below this probability is not drawn; above it the colour fades in.
-DEFAULT_HEAT_FLOOR = 0.5
-# Opacity of the heat colour at probability 1: the cargo must stay visible under it.
-_HEAT_MAX_OPACITY = 0.6
-_BOX_COLOUR = (255, 40, 40)
-_LABEL_TEXT_COLOUR = (255, 255, 255)
+# The overlay moved to scanml.overlays; these names stay importable from
+# here (lazily, see __getattr__) until every caller imports the new module.
+_MOVED_TO_OVERLAYS = ("DISPLAY_MAX_ATTENUATION", "overlay_image", "save_overlay")
 
 _FIGURE_SIZE = (6.0, 4.5)
 _ALL_SCANS = "all"
@@ -80,7 +54,7 @@ def plot_roc(outcomes: Iterable[ScanOutcome]) -> Figure:
         if np.unique(labels).size < 2:
             continue
         false_positive_rate, true_positive_rate, _ = roc_curve(labels, scores)
-        area = np.trapezoid(true_positive_rate, false_positive_rate)
+        area = roc_auc_score(labels, scores)
         axes.plot(
             false_positive_rate,
             true_positive_rate,
@@ -158,16 +132,36 @@ def plot_dr_far(
     for far in fars:
         axes.axvline(far, color="grey", linestyle=":", linewidth=1)
     axes.set_xscale("log")
+    lowest = min(fars) / 5
     axes.set(
         xlabel="false-alarm rate (share of clean scans flagged)",
         ylabel="detection rate",
         title="Detection rate vs false-alarm rate",
-        xlim=(min(fars) / 5, 1.0),
+        xlim=(lowest, 1.0),
         ylim=(0, 1.01),
     )
-    axes.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=None))
+    axes.xaxis.set_major_locator(FixedLocator(_far_ticks(fars, lowest)))
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda rate, _: f"{rate * 100:g} %"))
+    axes.xaxis.set_minor_formatter(NullFormatter())
     _finish(axes)
     return figure
+
+
+def _far_ticks(fars: Sequence[float], lowest: float, min_gap_decades: float = 0.45) -> list[float]:
+    """Labelled false-alarm rates: 1 % first, then ``fars``, then decades, none crowding another.
+
+    On a log axis 0.5 % and 1 % (or 5 % and 10 %) sit 0.3 decades apart,
+    closer than two labels fit; the rate customs quote (1 %) wins, and a
+    later candidate is kept only ``min_gap_decades`` away from every kept one.
+    """
+    decades = [10.0**power for power in range(math.floor(math.log10(lowest)), 1)]
+    kept: list[float] = []
+    for rate in (0.01, *fars, *decades):
+        if lowest <= rate <= 1.0 and all(
+            abs(math.log10(rate / other)) >= min_gap_decades for other in kept
+        ):
+            kept.append(rate)
+    return sorted(kept)
 
 
 def plot_confusion(outcomes: Iterable[ScanOutcome], threshold: float) -> Figure:
@@ -205,52 +199,17 @@ def plot_confusion(outcomes: Iterable[ScanOutcome], threshold: float) -> Figure:
 def save_figure(figure: Figure, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
     """Write ``figure`` (format from the suffix, e.g. ``.png``) whole or not at all; returns the path."""
     path = Path(path)
-    _write_atomically(path, lambda target: figure.savefig(target, dpi=dpi, format=path.suffix[1:]))
-    return path
+    return write_atomically(
+        path, lambda target: figure.savefig(target, dpi=dpi, format=path.suffix[1:])
+    )
 
 
-def overlay_image(
-    scan: Scan,
-    prediction: Prediction,
-    *,
-    title: str | None = None,
-    heat_floor: float = DEFAULT_HEAT_FLOOR,
-) -> np.ndarray:
-    """The scan as analysts see it, with the heat map and the regions drawn on: uint8 RGB [H, W, 3].
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_OVERLAYS:
+        from scanml import overlays
 
-    Dual-energy scans are shown through their high-energy channel (the one
-    a single-energy scanner would record). The heat map (probabilities in
-    the scan's pixels) is coloured yellow to red above ``heat_floor``; pass
-    the model's region threshold to colour exactly where regions can form.
-    """
-    grey = _display_grey(scan)
-    heatmap = np.asarray(prediction.heatmap, dtype=np.float32)
-    if heatmap.shape != grey.shape:
-        raise ValueError(f"heat map {heatmap.shape} does not match the scan's {grey.shape} pixels")
-    image = Image.fromarray(_blend_heat(grey, heatmap, heat_floor))
-    _draw_regions(image, prediction.regions)
-    if title:
-        _draw_label(ImageDraw.Draw(image), (0, 0), title, _font_for(image), (0, 0, 0))
-    return np.asarray(image)
-
-
-def save_overlay(
-    scan: Scan,
-    prediction: Prediction,
-    path: str | os.PathLike[str],
-    *,
-    title: str | None = None,
-    heat_floor: float = DEFAULT_HEAT_FLOOR,
-) -> Path:
-    """Write :func:`overlay_image` as a PNG, whole or not at all; returns the path.
-
-    PNG compression level 1: a third of the default's time for files about
-    10 % larger, which matters when a job writes thousands.
-    """
-    path = Path(path)
-    image = Image.fromarray(overlay_image(scan, prediction, title=title, heat_floor=heat_floor))
-    _write_atomically(path, lambda target: image.save(target, format="PNG", compress_level=1))
-    return path
+        return getattr(overlays, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- curves -------------------------------------------------------------------------------
@@ -297,109 +256,3 @@ def _finish(axes: Axes) -> None:
             transform=axes.transAxes,
         )
     axes.figure.tight_layout()
-
-
-# -- overlay ------------------------------------------------------------------------------
-
-
-def _display_grey(scan: Scan) -> np.ndarray:
-    """uint8 [H, W]: 255 for air, 0 at :data:`DISPLAY_MAX_ATTENUATION` and beyond."""
-    channel = scan.channels.index("high") if "high" in scan.channels else 0
-    attenuation = scan.attenuation[channel]
-    grey = np.empty(attenuation.shape, dtype=np.float32)
-    np.clip(attenuation, 0.0, DISPLAY_MAX_ATTENUATION, out=grey)
-    np.multiply(grey, -255.0 / DISPLAY_MAX_ATTENUATION, out=grey)
-    np.add(grey, 255.5, out=grey)  # + 0.5 rounds on the cast
-    return grey.astype(np.uint8)
-
-
-def _blend_heat(grey: np.ndarray, heatmap: np.ndarray, floor: float) -> np.ndarray:
-    """Grey as RGB, with the heat colour blended in where ``heatmap > floor``.
-
-    Heat strength is quantised to 256 levels, so every (strength, grey)
-    pair's blended colour fits a 256 x 256 table computed once,
-    and blending a whole scan is one table lookup per pixel instead of
-    float arithmetic on three channels.
-    """
-    strength = np.subtract(heatmap, floor, dtype=np.float32)
-    np.multiply(strength, 255.0 / max(1.0 - floor, 1e-6), out=strength)
-    np.clip(strength, 0.0, 255.0, out=strength)
-    index = strength.astype(np.int32)
-    index <<= 8
-    index |= grey
-    return _blend_table().take(index, axis=0)
-
-
-@functools.cache
-def _blend_table() -> np.ndarray:
-    """uint8 [256 * 256, 3]: row ``strength * 256 + grey`` holds the blended RGB.
-
-    Strength 0 (at or below the floor) leaves the grey untouched; the colour
-    runs yellow (just above the floor) to red (certain), its opacity rising
-    to :data:`_HEAT_MAX_OPACITY`.
-    """
-    levels = np.linspace(0.0, 1.0, 256, dtype=np.float32)
-    colour = matplotlib.colormaps["autumn_r"](levels)[:, :3].astype(np.float32) * 255
-    opacity = (levels * _HEAT_MAX_OPACITY)[:, None, None]
-    grey = np.broadcast_to(np.arange(256, dtype=np.float32)[None, :, None], (256, 256, 3))
-    blended = grey + opacity * (colour[:, None, :] - grey)
-    return (blended + 0.5).astype(np.uint8).reshape(256 * 256, 3)
-
-
-def _draw_regions(image: Image.Image, regions: Sequence[Region]) -> None:
-    """A box per region, labelled ``category score`` above it (inside when at the top edge)."""
-    draw = ImageDraw.Draw(image)
-    font = _font_for(image)
-    line_width = max(2, round(min(image.size) / 400))
-    for region in regions:
-        x0, y0 = float(region.x), float(region.y)
-        x1, y1 = x0 + max(float(region.w), 1.0) - 1, y0 + max(float(region.h), 1.0) - 1
-        draw.rectangle((x0, y0, x1, y1), outline=_BOX_COLOUR, width=line_width)
-        text = f"{region.category} {float(region.score):.2f}"
-        text_height = draw.textbbox((0, 0), text, font=font)[3]
-        label_y = y0 - text_height - 2 if y0 >= text_height + 2 else y0 + line_width
-        _draw_label(draw, (x0, label_y), text, font, _BOX_COLOUR)
-
-
-def _draw_label(
-    draw: ImageDraw.ImageDraw,
-    corner: tuple[float, float],
-    text: str,
-    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
-    background: tuple[int, int, int],
-) -> None:
-    """``text`` in white on a filled rectangle whose top-left is ``corner``."""
-    left, top, right, bottom = draw.textbbox(corner, text, font=font)
-    draw.rectangle((left - 2, top - 1, right + 2, bottom + 1), fill=background)
-    draw.text(corner, text, fill=_LABEL_TEXT_COLOUR, font=font)
-
-
-def _font_for(image: Image.Image) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's bundled font, sized to stay legible on a scan shown to fit a screen."""
-    return _font(max(11, round(min(image.size) / 50)))
-
-
-@functools.cache
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
-
-
-# -- files ----------------------------------------------------------------------------------
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file beside ``path`` and rename it over ``path``.
-
-    A killed job then leaves the old file or the new one, never half of one;
-    the data is flushed to disk before the rename so that a power cut after
-    the rename cannot leave an empty file under the final name either.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        write(partial)
-        with partial.open("rb") as stream:
-            os.fsync(stream.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)

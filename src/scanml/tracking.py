@@ -1,18 +1,15 @@
-"""MLflow tracking that never kills a training run, and the scanml pyfunc model.
+"""MLflow tracking that never kills a training run.
 
-Two pieces live here:
+:class:`Tracker` wraps :class:`mlflow.MlflowClient` for one run. Every call
+is bounded (a few HTTP retries with a short timeout instead of MLflow's
+default of minutes); when the tracking server is down it warns once, keeps
+the metrics, params and tags it could not send, and sends them when the
+server answers again. Training goes on either way, and checkpoints never
+depend on it.
 
-- :class:`Tracker` wraps :class:`mlflow.MlflowClient` for one run. Every call
-  is bounded (a few HTTP retries with a short timeout instead of MLflow's
-  default of minutes); when the tracking server is down it warns once, keeps
-  the metrics, params and tags it could not send, and sends them when the
-  server answers again. Training goes on either way, and checkpoints never
-  depend on it.
-- :class:`ScanmlPyfunc` is the model as MLflow serves it: a table with a
-  ``path`` column in, the scores table out, through the same
-  :class:`~scanml.predict.Predictor` that ``scanml score`` uses. It is logged
-  as *code* (``pyfunc_entry.py``) plus a weights folder, so loading it never
-  unpickles anything.
+This module sits below the rest of scanml: it imports none of its steps.
+The model as MLflow serves it (``ScanmlPyfunc``, ``log_model``) is
+:mod:`scanml.pyfunc`, which sits above scoring.
 """
 
 from __future__ import annotations
@@ -29,11 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
-import pandas as pd
-import pyarrow as pa
 from mlflow import MlflowClient
-from mlflow.pyfunc import PythonModel
-from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -42,19 +35,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
-    "LoggedModel",
-    "ScanmlPyfunc",
+    "DESCRIPTION_TAG",
     "Tracker",
     "bound_http_retries",
-    "log_model",
     "resolve_tracking_uri",
+    "run_tags",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-#: The artifact folder inside a logged model that holds the weights and model.json.
-BUNDLE_ARTIFACT = "bundle"
+#: The tag the MLflow UI shows (and edits) as a run's description.
+DESCRIPTION_TAG = "mlflow.note.content"
+# Moved to scanml.pyfunc; still importable from here (lazily, see __getattr__)
+# so that code importing them from tracking, and the pyfunc_entry.py of models
+# logged before the move, keep working.
+_MOVED_TO_PYFUNC = ("BUNDLE_ARTIFACT", "LoggedModel", "ScanmlPyfunc", "log_model")
 _PACKAGES = ("torch", "torchvision", "albumentations", "pydicom", "mlflow", "scikit-learn", "numpy")
 
 
@@ -88,6 +84,7 @@ class Tracker:
     timeout_s: float = 10.0
     retry_after_s: float = 30.0
     run_id: str | None = None
+    experiment_id: str | None = None
     _client: MlflowClient = field(init=False, repr=False)
     _pending: list[tuple[str, tuple[Any, ...]]] = field(
         default_factory=list, init=False, repr=False
@@ -109,26 +106,41 @@ class Tracker:
         run_id: str | None = None,
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
+        description: str | None = None,
     ) -> str | None:
-        """Create the run (or reopen ``run_id`` to resume it); returns its id, or None if unreachable."""
+        """Create the run (or reopen ``run_id`` to resume it); returns its id, or None if unreachable.
+
+        ``description`` is what the MLflow UI shows at the top of the run page.
+        """
         if run_id is not None:
             self.run_id = run_id
             self._guard("reopen run", lambda: self._client.update_run(run_id, status="RUNNING"))
+            self.experiment_id = self._guard(
+                "read run", lambda: self._client.get_run(run_id).info.experiment_id
+            )
+            if description:
+                self.set_description(description)
             return run_id
 
         def create() -> str:
             experiment = self._client.get_experiment_by_name(self.experiment)
-            experiment_id = (
+            self.experiment_id = (
                 experiment.experiment_id
                 if experiment
                 else self._client.create_experiment(self.experiment)
             )
             return self._client.create_run(
-                experiment_id, run_name=run_name, tags=dict(tags or {})
+                self.experiment_id,
+                run_name=run_name,
+                tags={**(tags or {}), **({DESCRIPTION_TAG: description} if description else {})},
             ).info.run_id
 
         self.run_id = self._guard("create run", create)
         return self.run_id
+
+    def set_description(self, description: str) -> None:
+        """Replace the run's description (Markdown, shown at the top of its page)."""
+        self.set_tags({DESCRIPTION_TAG: description})
 
     def start_system_metrics(self, sampling_interval_s: float = 10.0) -> None:
         """CPU, memory, disk, network (and GPU where there is one) as ``system/*`` metrics."""
@@ -289,149 +301,6 @@ def run_tags(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return tags
 
 
-# -- the model as MLflow serves it ------------------------------------------------------
-
-
-class ScanmlPyfunc(PythonModel):
-    """A table with a ``path`` column in; the scores table's columns out.
-
-    Loading reads the weights folder logged beside the code; predicting runs
-    the same :class:`~scanml.predict.Predictor` and the same per-scan code as
-    ``scanml score``, so the two can never disagree.
-    """
-
-    def load_context(self, context: Any) -> None:
-        from scanml.models import ModelBundle
-        from scanml.predict import Predictor
-
-        self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT])
-        self.predictor = Predictor(self.bundle, device="auto")
-        self.model_uri = (context.model_config or {}).get("model_uri", "")
-
-    def predict(
-        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
-    ):
-        from scanml.scoring import score_paths
-
-        if "path" not in model_input.columns:
-            raise ValueError(
-                f"the input needs a 'path' column; got columns {list(model_input.columns)}"
-            )
-        return score_paths(
-            self.predictor,
-            [str(path) for path in model_input["path"]],
-            model_uri=self.model_uri,
-            threshold=self.bundle.threshold,
-        )
-
-
-@dataclass(frozen=True)
-class LoggedModel:
-    """Where a logged model can be found again."""
-
-    model_uri: str
-    registered_name: str | None
-    version: str | None
-
-    @property
-    def registry_uri(self) -> str:
-        """``models:/NAME/VERSION`` when registered, else the run's model URI."""
-        if self.registered_name and self.version:
-            return f"models:/{self.registered_name}/{self.version}"
-        return self.model_uri
-
-
-def log_model(
-    bundle_dir: str | Path,
-    *,
-    run_id: str,
-    tracking_uri: str,
-    registered_model: str | None,
-    example_paths: list[str],
-) -> LoggedModel:
-    """Log a saved model folder as a pyfunc model (code + weights, no pickle) and register it.
-
-    The output schema is the scores table's (``scanml.scoring.SCORES_SCHEMA``),
-    declared rather than inferred: an example where no scan has a region
-    would otherwise make MLflow type the whole output as ``Any``. MLflow
-    validates the signature by scoring ``example_paths`` for real.
-    """
-    mlflow.set_tracking_uri(tracking_uri)
-    input_example = pd.DataFrame({"path": [str(path) for path in example_paths]})
-    signature = mlflow.models.ModelSignature(
-        inputs=Schema([ColSpec("string", "path")]), outputs=_output_schema()
-    )
-    package_dir = Path(__file__).resolve().parent
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=UserWarning)  # input-example type notes
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(package_dir / "pyfunc_entry.py"),
-            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
-            code_paths=[str(package_dir)],
-            signature=signature,
-            input_example=input_example,
-            pip_requirements=_pip_requirements(),
-            model_config={"model_uri": f"runs:/{run_id}/model"},
-            registered_model_name=registered_model,
-            await_registration_for=60,
-        )
-    version = (
-        str(info.registered_model_version)
-        if getattr(info, "registered_model_version", None)
-        else None
-    )
-    return LoggedModel(model_uri=info.model_uri, registered_name=registered_model, version=version)
-
-
-def _output_schema() -> Schema:
-    """The scores table's Arrow schema as an MLflow schema."""
-    from scanml.scoring import SCORES_SCHEMA
-
-    return Schema(
-        [ColSpec(_mlflow_type(f.type), f.name, required=not f.nullable) for f in SCORES_SCHEMA]
-    )
-
-
-def _mlflow_type(arrow_type: pa.DataType) -> Any:
-    if pa.types.is_list(arrow_type):
-        return Array(_mlflow_type(arrow_type.value_type))
-    if pa.types.is_struct(arrow_type):
-        return Object([Property(f.name, _mlflow_type(f.type)) for f in arrow_type])
-    scalar = {
-        pa.string(): "string",
-        pa.float64(): "double",
-        pa.float32(): "float",
-        pa.bool_(): "boolean",
-        pa.int32(): "integer",
-        pa.int64(): "long",
-    }
-    if arrow_type not in scalar:
-        raise TypeError(f"no MLflow type for Arrow type {arrow_type}")
-    return scalar[arrow_type]
-
-
-def _pip_requirements() -> list[str]:
-    names = (
-        "torch",
-        "torchvision",
-        "albumentations",
-        "pydicom",
-        "mlflow",
-        "scikit-learn",
-        "scipy",
-        "numpy",
-        "pandas",
-        "pyarrow",
-        "safetensors",
-        "pillow",
-        "tifffile",
-        "pydantic",
-        "pyyaml",
-    )
-    return [f"{name}=={_version(name)}" for name in names if _version(name) != "unknown"]
-
-
 def _version(name: str) -> str:
     try:
         return metadata.version(name)
@@ -459,3 +328,11 @@ def _git_state() -> tuple[str | None, bool]:
 def _param_value(value: Any) -> str:
     text = str(value)
     return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_PYFUNC:
+        from scanml import pyfunc
+
+        return getattr(pyfunc, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

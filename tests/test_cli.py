@@ -1,0 +1,116 @@
+"""Every user mistake is one line naming what was wrong and what exists, and exit status 2.
+
+The commands run in this process through ``scanml.cli.main``, against a real
+(empty or freshly filled) MLflow store; a traceback would fail the test by
+propagating.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scanml.cli import main
+
+
+def _error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One empty MLflow store for the module (creating one takes seconds)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('cli-store') / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()  # creates the tables
+    return uri
+
+
+@pytest.fixture
+def mlflow_uri(empty_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_store)
+    monkeypatch.chdir(tmp_path)
+    return empty_store
+
+
+@pytest.fixture
+def scans(tmp_path: Path) -> Path:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "a.npy").write_bytes(b"")
+    return folder
+
+
+def test_wrong_model_uris(
+    mlflow_uri: str, scans: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "scores.parquet")
+    base = ["score", "--input", str(scans), "--out", out, "--model"]
+    assert "no registered model 'x'" in _error(capsys, *base, "models:/x@champoin")
+    assert "holds no registered model" in _error(capsys, *base, "models:/x@champoin")
+    assert "no run 'deadbeef'" in _error(capsys, *base, "runs:/deadbeef/model")
+    missing = _error(capsys, *base, str(tmp_path / "modle"))
+    assert "no such model folder" in missing and "scans" in missing  # lists what is there
+    # A failed start leaves no lock or parts folder behind.
+    assert not (tmp_path / "scores.parquet.parts").exists()
+
+
+def test_missing_inputs_and_unwritable_outputs(
+    mlflow_uri: str, scans: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = ["--model", "models:/x/1"]
+    err = _error(capsys, "score", *model, "--input", str(tmp_path / "scnas"), "--out", "s.parquet")
+    assert "--input" in err and "did you mean" in err and "scans" in err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    err = _error(capsys, "score", *model, "--input", str(scans), "--out", f"{blocker}/s.parquet")
+    assert "--out" in err and "is a file" in err
+    err = _error(capsys, "evaluate", *model, "--data", str(tmp_path / "nodata"))
+    assert "--data" in err and "no such folder" in err
+    err = _error(capsys, "evaluate", *model, "--data", str(scans))
+    assert "no manifest.csv" in err and "a.npy" in err
+
+
+def test_set_blames_set_and_suggests_the_key(
+    mlflow_uri: str, scans: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _error(capsys, "train", "--data", str(scans), "--set", "train.epoch=3")
+    assert err.endswith(
+        "--set train.epoch=...: no such configuration key; did you mean train.epochs?"
+    )
+    err = _error(capsys, "train", "--data", str(scans), "--set", "train.epochs=-1")
+    assert err.startswith("scanml train: error: --set:") and "train.epochs" in err
+    err = _error(capsys, "train", "--data", str(scans))  # a folder without manifest.csv
+    assert "no manifest.csv" in err
+    # A start that fails its checks leaves no run folder behind.
+    assert not (tmp_path / "runs").exists()
+
+
+def test_promote_and_compare_default_to_the_preset(
+    mlflow_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "no experiment 'scanml'" in _error(capsys, "compare")
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    assert "no experiment 'scanml-smoke'" in _error(capsys, "compare", "--config", str(smoke))
+    err = _error(capsys, "promote", "3", "--config", str(smoke))
+    assert "models:/scanml-smoke/3" in err and "no registered model" in err
+    assert "no run 'deadbeef'" in _error(capsys, "promote", "deadbeef")
+
+
+def test_every_subcommand_has_help_with_defaults() -> None:
+    for command in ("synth", "train", "evaluate", "score", "compare", "promote", "demo"):
+        completed = subprocess.run(
+            [sys.executable, "-m", "scanml", command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert completed.returncode == 0, completed.stderr
+        assert "(default:" in completed.stdout, command
