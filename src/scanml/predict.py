@@ -256,10 +256,15 @@ class Predictor:
         # saturate at 1.0 from a logit of ~17, which would tie the scans an
         # analyst most needs ranked.
         score = 0.5 * (1.0 + math.tanh(0.5 * float(dense[0].max())))
+        # A flagged scan always shows where its score came from: when its
+        # peak stays under the region level, regions are cut at the peak's.
+        region_level = self.bundle.region_threshold
+        if score > self.bundle.threshold:
+            region_level = min(region_level, float(probability.max()))
         regions = _regions(
             probability,
             dense[1:],
-            threshold=self.bundle.region_threshold,
+            threshold=region_level,
             class_names=self.bundle.class_names,
             grid=grid,
             model_spacing=model_spacing,

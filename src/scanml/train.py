@@ -36,6 +36,7 @@ from torchvision.ops import sigmoid_focal_loss
 from tqdm.auto import tqdm
 
 from scanml.config import Config, config_from_json, load_config
+from scanml.console import epoch_line, interrupted_message, say, start_banner
 from scanml.data import (
     ScanDataset,
     ScanRecord,
@@ -45,7 +46,7 @@ from scanml.data import (
     load_dataset,
 )
 from scanml.io import ScanReadError, read_scan
-from scanml.metrics import ScanMetrics, ScanOutcome, compute_metrics, threshold_at_far
+from scanml.metrics import ScanMetrics, ScanOutcome, calibrate_threshold, compute_metrics
 from scanml.models import DenseLogitNet, ModelBundle, create_model
 from scanml.predict import Prediction, Predictor
 from scanml.preprocess import Preprocessing, prepare
@@ -209,6 +210,22 @@ def train(
         tracker.log_dataset(val_set, name=Path(data_dir).name, context="validation")
         tracker.log_artifact(run_dir / "config.yaml")
     _save_run_info(run_dir, state.mlflow_run_id)
+    say(
+        start_banner(
+            run_name=config.tracking.run_name or run_dir.name,
+            run_dir=run_dir,
+            data_dir=data_dir,
+            n_train=len(train_set),
+            n_val=len(val_set),
+            n_test=len(dataset.split("test")),
+            device=str(device),
+            epochs=config.train.epochs,
+            run_id=state.mlflow_run_id,
+            tracking_uri=tracker.tracking_uri,
+            experiment_id=tracker.experiment_id,
+            first_epoch=state.epoch + 1,
+        )
+    )
 
     # -- the epoch loop -----------------------------------------------------------------
     bundle_dir = run_dir / "model"
@@ -253,20 +270,26 @@ def train(
                 )
                 if config.train.monitor_smoothing:
                     tracker.log_metrics({"val/monitor_smoothed": value}, step=epoch)
-                if state.improves(value, config.train.monitor_mode):
+                improved = state.improves(value, config.train.monitor_mode)
+                if improved:
                     state.best_metric, state.best_epoch, state.stale_epochs = value, epoch, 0
                     _save_checkpoint(
                         run_dir / "best.pt", network, optimizer, scheduler, state, config, epoch
                     )
                 else:
                     state.stale_epochs += 1
-                log.info(
-                    "epoch %d: %s=%.4f (best %.4f at epoch %d)",
-                    epoch,
-                    config.train.monitor,
-                    value,
-                    state.best_metric,
-                    state.best_epoch,
+                flat = metrics.to_flat_dict()
+                say(
+                    epoch_line(
+                        epoch,
+                        state.planned_epochs or config.train.epochs,
+                        loss=epoch_stats["loss"],
+                        val_auroc=flat.get("auroc"),
+                        dr_at_far_1pct=flat.get("dr_at_far_1pct"),
+                        pointing=flat.get("pointing_hit_rate"),
+                        seconds=time.monotonic() - epoch_started,
+                        best=improved,
+                    )
                 )
 
             if (
@@ -334,9 +357,14 @@ def train(
             tracker,
             device,
             progress,
+            split_digest=dataset.digest,
         )
         status = "FINISHED"
         return result
+    except KeyboardInterrupt:
+        status = "KILLED"
+        say(interrupted_message(data_dir, run_dir, state.mlflow_run_id, state.epoch))
+        raise
     finally:
         tracker.end(status=status)
 
@@ -616,6 +644,8 @@ def _finish(
     tracker: Tracker,
     device: torch.device,
     progress: bool,
+    *,
+    split_digest: str = "",
 ) -> TrainResult:
     best_path = run_dir / "best.pt"
     if best_path.exists():
@@ -625,14 +655,21 @@ def _finish(
         bundle, val_records, device=device, config=config, progress=progress
     )
     clean_scores = [p.score for item, p in predictions if item.record.label == 0]
-    bundle.threshold = (
-        threshold_at_far(clean_scores, config.validation.target_far) if clean_scores else 0.5
-    )
+    calibration = calibrate_threshold(clean_scores, config.validation.target_far)
+    bundle.threshold = calibration.threshold
     bundle.metadata.update(
         best_epoch=state.best_epoch,
-        target_far=config.validation.target_far,
-        calibration_scans=len(clean_scores),
+        **calibration.to_metadata(),
+        # evaluate draws the test split exactly as this run drew it
+        split={
+            "val_fraction": config.data.val_fraction,
+            "test_fraction": config.data.test_fraction,
+            "seed": config.seed,
+            "digest": split_digest,
+        },
     )
+    if config.model.weights:
+        bundle.metadata["parent"] = str(config.model.weights)
     bundle.save(bundle_dir)
 
     final = metrics.to_flat_dict()
