@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from scanml import __version__
+from scanml import __version__, cli_watch
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL"):
+    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "dicomweb_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_info,
         _add_demo,
         _add_bench,
+        cli_watch.add_watch,
     ):
         add(commands)
     return parser
@@ -234,7 +235,9 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
         required=True,
         help="runs:/..., models:/NAME/VERSION, models:/NAME@champion or a folder",
     )
-    p.add_argument("--input", required=True, help="a folder, a glob, or a manifest.csv")
+    p.add_argument(
+        "--input", required=True, help="a folder, a glob, a manifest.csv or dicomweb://HOST/PATH"
+    )
     p.add_argument("--out", type=Path, required=True, help="the scores table (.parquet)")
     p.add_argument("--overlays", type=Path, default=None, help="folder for a PNG per flagged scan")
     p.add_argument(
@@ -247,12 +250,15 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
         "--threshold", type=float, default=None, help="override the model's calibrated threshold"
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    cli_watch.add_store_options(p)
     p.set_defaults(func=_run_score)
 
 
 def _run_score(args: argparse.Namespace) -> int:
     from scanml.scoring import score
 
+    if cli_watch.uses_store(args):
+        return cli_watch.run_score_with_store(args)
     summary = score(
         args.model,
         args.input,

@@ -180,6 +180,7 @@ def score(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
     threshold: float | None = None,
+    bundle: ModelBundle | None = None,
 ) -> ScoreSummary:
     """Score every scan in ``inputs`` with the model at ``model_uri`` into the Parquet table ``out``.
 
@@ -191,7 +192,8 @@ def score(
     processes (default: one per core but one, at most 8; 0 decodes in this
     process). ``batch_size``: rows per committed part, i.e. the most work a
     kill can cost. ``threshold`` overrides the model's calibrated one; a
-    scan is flagged when ``score > threshold``.
+    scan is flagged when ``score > threshold``. ``bundle``: the model at
+    ``model_uri`` already loaded (``scanml watch`` loads it once, not per scan).
 
     Killed and rerun with the same arguments, the job skips what is done;
     see the module docstring. Returns a summary, also printed when
@@ -214,7 +216,7 @@ def score(
         done = store.done_paths()
         todo = [item for item in items if str(item.path) not in done]
         if todo:
-            bundle = ModelBundle.load(model_uri)
+            bundle = bundle if bundle is not None else ModelBundle.load(model_uri)
             scorer = _ScanScorer(
                 predictor=Predictor(bundle, device=device),
                 model_uri=model_uri,
