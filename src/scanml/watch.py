@@ -417,7 +417,12 @@ class _StoreInbox:
         """Spooled scans a killed run left, then the store's scans without a row."""
         now = time.monotonic()
         done_uids = {Path(path).stem for path in done}
-        spooled = [path for path in sorted(self.spool.glob("*.dcm")) if str(path) not in done]
+        spooled = []
+        for path in sorted(self.spool.glob("*.dcm")):
+            if str(path) not in done:
+                spooled.append(path)
+            else:  # scored, and left behind when storing its report failed
+                path.unlink(missing_ok=True)
         waiting = {path.stem for path in spooled}
         remote = [
             instance
