@@ -21,7 +21,7 @@ CONFIG ?= configs/default.yaml
 MODEL ?= models:/scanml-anomaly@champion
 UI_PORT ?= 5000
 
-.PHONY: help install data demo train score evaluate test test-fast lint format ui bench clean
+.PHONY: help install data demo train score evaluate test test-fast lint format ui bench bench-quality clean
 
 ## Show this help
 help:
@@ -82,6 +82,16 @@ ui: $(STAMP)
 ## Run the benchmarks; results go to reports/ and MLflow
 bench: $(STAMP)
 	$(SCANML) bench --out reports
+
+QUALITY_DIR ?= data/bench-quality
+
+## Train the default preset within its budget; detection quality with intervals -> reports/quality.md
+bench-quality: $(STAMP)
+	$(SCANML) synth --out $(QUALITY_DIR)/train --n-scans 300 --seed 0 --sites antwerp,rotterdam --skip-existing
+	$(SCANML) synth --out $(QUALITY_DIR)/left-out-santos --n-scans 100 --seed 1 --sites santos --skip-existing
+	test -f $(QUALITY_DIR)/foreign/manifest.csv || $(PY) benchmarks/foreign_scans.py --out $(QUALITY_DIR)/foreign --n-scans 200 --seed 0
+	$(SCANML) bench --quality --out reports --data $(QUALITY_DIR)/train \
+		--left-out $(QUALITY_DIR)/left-out-santos --foreign $(QUALITY_DIR)/foreign
 
 ## Remove generated data, runs and caches (keeps .venv)
 clean:

@@ -272,3 +272,27 @@ def _bundle(channels: tuple[str, ...]) -> ModelBundle:
 
 class _NotATensor:
     """Anything a weights-only load must refuse to construct."""
+
+
+def test_resnets_cut_after_a_stage_have_its_stride_and_a_smaller_receptive_field(
+    tmp_path: Path,
+) -> None:
+    whole = create_model("resnet18", 1, output_stride=16)
+    cut = create_model("resnet18", 1, output_stride=16, stages=3)
+
+    assert cut.grid.stride == 16 and cut.grid.receptive_field < whole.grid.receptive_field / 1.8
+    assert not any(name.startswith("layer4") for name, _ in cut.backbone.named_children())
+    assert cut.head.in_channels == 256  # layer3's width
+    with torch.no_grad():
+        assert cut.eval()(torch.rand(1, 1, 64, 96)).shape[-2:] == (4, 6)
+    # The cut is saved with the bundle and rebuilt on load.
+    bundle = ModelBundle(cut, "resnet18", Preprocessing(("high",), 8.0), ["a", "b", "c", "d"])
+    loaded = ModelBundle.load(bundle.save(tmp_path / "cut"))
+    assert loaded.network.stages == 3 and loaded.network.grid == cut.grid
+
+
+def test_stages_are_refused_where_they_do_not_apply() -> None:
+    with pytest.raises(ValueError, match="mobilenet_v2 cannot be cut to 3 stages"):
+        create_model("mobilenet_v2", 1, stages=3)
+    with pytest.raises(ValueError, match=r"supports output_stride \[16, 8\], got 32"):
+        create_model("resnet18", 1, stages=3, output_stride=32)

@@ -240,3 +240,23 @@ def _box_and_ring(image: np.ndarray, bbox: tuple[int, int, int, int]) -> tuple[f
 def _manifest(root: Path) -> list[dict[str, str]]:
     with (root / "manifest.csv").open() as stream:
         return list(csv.DictReader(stream))
+
+
+def test_varied_acquisition_draws_each_scans_chain_around_its_sites() -> None:
+    from scanml.synth import simulate_scan
+    from scanml.synth.profiles import SCANNER_PROFILES, varied_profile
+
+    site = SCANNER_PROFILES["rotterdam"]
+    rng = np.random.default_rng(0)
+    varied = [varied_profile(site, rng) for _ in range(50)]
+    col = np.array([p.col_spacing_mm for p in varied]) / site.col_spacing_mm
+    flux = np.array([p.i0[0] for p in varied]) / site.i0[0]
+    assert col.min() >= 0.8 and col.max() <= 1.25 and col.std() > 0.05
+    assert flux.min() >= 1 / 3 and flux.max() <= 3 and flux.max() / flux.min() > 3
+    assert {p.n_rows for p in varied} == {site.n_rows}  # the detector itself is the site's
+
+    plain, _ = simulate_scan(5, "rotterdam", length="20ft", anomalous=False)
+    again, _ = simulate_scan(5, "rotterdam", length="20ft", anomalous=False)
+    drawn, _ = simulate_scan(5, "rotterdam", length="20ft", anomalous=False, vary_acquisition=True)
+    np.testing.assert_array_equal(plain.attenuation, again.attenuation)  # off: as before
+    assert drawn.spacing_mm != plain.spacing_mm

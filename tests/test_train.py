@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -232,3 +233,41 @@ def test_missing_dataset_is_a_clear_cli_error(tmp_path: Path) -> None:
     assert completed.returncode == 2
     assert "manifest.csv" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_time_budget_plans_the_epochs_that_fit() -> None:
+    from scanml.train import WarmupCosine, _plan_epochs
+
+    # 3 epochs of 100 s ran in a 600 s budget: 3 more fit, never more than the maximum.
+    assert _plan_epochs(600.0, 300.0, 3, 50) == 6
+    assert _plan_epochs(600.0, 300.0, 3, 4) == 4
+    assert _plan_epochs(600.0, 700.0, 3, 50) == 3  # over budget: stop where it is
+    schedule = WarmupCosine(10, 100)
+    assert schedule(0) == pytest.approx(0.1) and schedule(10) == pytest.approx(1.0)
+    schedule.total_steps = 50  # a budget shortens the run: the cosine ends there
+    assert schedule(50) == pytest.approx(0.0) and schedule(30) == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_a_time_budget_ends_the_run_and_keeps_epoch_snapshots(
+    tiny_dataset: Path, mlflow_uri: str
+) -> None:
+    config = load_config(
+        SMOKE,
+        [
+            "train.epochs=50",
+            "train.time_budget_min=0.01",  # less than one epoch: the run stops after the first
+            "train.keep_epoch_models=true",
+            "train.dense_loss=focal",
+            "model.stages=3",
+            "train.monitor_smoothing=0.5",
+        ],
+    )
+    result = train(config, tiny_dataset, progress=False)
+
+    snapshots = sorted((result.run_dir / "epochs").glob("epoch-*"))
+    assert [path.name for path in snapshots] == ["epoch-001"]
+    metadata = json.loads((snapshots[0] / "model.json").read_text())
+    assert metadata["stages"] == 3 and metadata["metadata"]["elapsed_min"] > 0
+    history = MlflowClient(mlflow_uri).get_metric_history(result.run_id, "train/planned_epochs")
+    assert [m.value for m in history] == [1.0]

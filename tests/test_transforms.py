@@ -94,9 +94,27 @@ def test_projector_turns_clean_tiles_positive_and_leaves_positives_alone() -> No
 
 def test_projector_crops_objects_larger_than_the_tile() -> None:
     large = ThreatObject(np.full((1, 100, 30), 0.1, dtype=np.float32), category=0)
-    out = ThreatProjector([large], rate=1.0)(make_tile(0.0, channels=1), np.random.default_rng(1))
+    tile = make_tile(0.2, channels=1)
+    out = ThreatProjector([large], rate=1.0)(tile, np.random.default_rng(1))
+    added = out.image - tile.image
     assert out.label == 1 and out.mask.sum() in (SIZE * 30, 30 * SIZE)
-    np.testing.assert_allclose(out.image[0][out.mask == 1] / out.image.max(), 1.0)
+    np.testing.assert_allclose(added[0][out.mask == 1] / added.max(), 1.0, rtol=1e-5)
+
+
+def test_projector_places_objects_in_cargo_never_in_air_and_skips_invisible_ones() -> None:
+    rng = np.random.default_rng(0)
+    projector = ThreatProjector([brick()], rate=1.0, depth_range=(1.0, 1.0))
+    assert projector(make_tile(0.0), rng).label == 0  # open air everywhere: left clean
+    half = make_tile(0.0)
+    half.image[:, SIZE // 2 :, :] = 0.2  # cargo in the lower half only
+    for _ in range(20):
+        out = projector(half, rng)
+        if out.label:
+            rows = np.nonzero(out.mask.any(axis=1))[0]
+            assert np.median(half.image[0][out.mask == 1]) >= 0.5 / ATTENUATION_SCALE
+            assert rows.max() >= SIZE // 2
+    faint = ThreatObject(np.full((2, 8, 8), 0.001, dtype=np.float32), category=0)
+    assert ThreatProjector([faint], rate=1.0)(make_tile(0.2), rng).label == 0
 
 
 def test_cut_objects_remove_a_linearly_varying_background() -> None:
@@ -304,3 +322,26 @@ def test_a_simulated_dataset_flows_through_the_augmenting_loader(tmp_path: Path)
     for tile in emitted:
         assert tile.image.dtype == np.float32 and 0 <= tile.image.min() <= tile.image.max() <= 1
         assert (tile.mask.sum() > 0) == (tile.label == 1)
+
+
+def test_beam_profile_is_a_smooth_row_offset_of_the_drawn_amplitude() -> None:
+    transform = TrainTransform(
+        **OFF | {"beam_profile": 1.0, "beam_profile_amplitude": (0.04, 0.04)}
+    )
+    tile = make_tile(0.3, channels=2)
+    for seed in range(5):
+        offsets = (transform(tile, np.random.default_rng(seed)).image - tile.image)[0]
+        offsets *= ATTENUATION_SCALE
+        np.testing.assert_allclose(offsets, offsets[:, :1] * np.ones_like(offsets), atol=1e-5)
+        profile = offsets[:, 0]
+        assert abs(np.abs(profile).max() - 0.04) < 1e-4  # a 4 % profile at its peak
+        assert np.abs(np.diff(profile, 2)).max() < 1e-3  # smooth: no streaks
+
+
+def test_saturation_clips_attenuation_at_the_drawn_level() -> None:
+    transform = TrainTransform(**OFF | {"saturation": 1.0, "saturation_range": (6.0, 6.0)})
+    tile = make_tile(np.linspace(0, 1, SIZE, dtype=np.float32)[None, :], channels=1)
+    out = transform(tile, np.random.default_rng(0)).image * ATTENUATION_SCALE
+    assert out.max() == pytest.approx(6.0, abs=1e-5)
+    below = tile.image * ATTENUATION_SCALE < 6.0
+    np.testing.assert_allclose(out[below], (tile.image * ATTENUATION_SCALE)[below], atol=1e-5)

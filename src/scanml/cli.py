@@ -107,6 +107,12 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--skip-existing", action="store_true", help="keep scans already written (resume)"
     )
+    p.add_argument(
+        "--vary-acquisition",
+        action="store_true",
+        help="draw each scan's flux, blur, streaks, pixel pitch and saturation around its "
+        "site's (scanners differ as much as scenes do)",
+    )
     p.set_defaults(func=_run_synth)
 
 
@@ -124,6 +130,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         file_format=args.file_format,
         workers=args.workers,
         skip_existing=args.skip_existing,
+        vary_acquisition=args.vary_acquisition,
     )
     print(summary)
     return 0
@@ -380,14 +387,63 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="leave out the time-to-AUROC training (~25 min on 2 cores)",
     )
+    quality = p.add_argument_group(
+        "detection quality (--quality; scanml.quality.run_quality_benchmark, make bench-quality)"
+    )
+    quality.add_argument(
+        "--quality",
+        action="store_true",
+        help="train the preset within its time budget, then measure it with 95 %% intervals "
+        "on the test split, a left-out site and an independent generator's scans",
+    )
+    quality.add_argument("--data", type=Path, help="training data (manifest + COCO)")
+    quality.add_argument("--left-out", type=Path, help="scans of a site left out of training")
+    quality.add_argument("--foreign", type=Path, help="the independent generator's scans")
+    quality.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
+    quality.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
+    )
     p.set_defaults(func=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from scanml.bench import run_benchmarks
 
+    if args.quality:
+        return _run_quality_bench(args)
     path = run_benchmarks(args.out, quick=args.quick, training=not args.skip_training)
     print(f"benchmark report: {path}")
+    return 0
+
+
+def _run_quality_bench(args: argparse.Namespace) -> int:
+    missing = [
+        f"--{name.replace('_', '-')} {getattr(args, name)}"
+        for name in ("data", "left_out", "foreign")
+        if getattr(args, name) is None or not (getattr(args, name) / "manifest.csv").is_file()
+    ]
+    if missing:
+        raise UserFacingError(
+            "--quality needs --data, --left-out and --foreign folders with a manifest.csv "
+            f"(missing or without one: {', '.join(missing)}); `make bench-quality` makes them"
+        )
+    from scanml.config import ConfigError, load_config
+    from scanml.quality import run_quality_benchmark
+
+    try:
+        load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        raise UserFacingError(str(exc)) from None
+    report = run_quality_benchmark(
+        data_dir=args.data,
+        left_out_dir=args.left_out,
+        foreign_dir=args.foreign,
+        out_dir=args.out,
+        config_path=args.config,
+        overrides=args.overrides,
+        command=" ".join(["scanml", *sys.argv[1:]]) if sys.argv[1:] else "make bench-quality",
+    )
+    print(f"quality report: {args.out / 'quality.md'} ({report.seconds / 60:.1f} min)")
     return 0
 
 

@@ -43,6 +43,11 @@ class ModelConfig(_Section):
     spacing_mm: float = Field(default=8.0, gt=0.5, le=50.0)
     attenuation_scale: float = Field(default=ATTENUATION_SCALE, gt=0.0)
     output_stride: Literal[8, 16, 32] = 32
+    stages: int | None = Field(
+        default=None,
+        description="ResNets only: keep the first N residual stages (3: stride 16, a ~200 px "
+        "receptive field, a detector of compact objects); None keeps all",
+    )
     categories: list[str] = ["drugs", "weapon", "cigarettes", "other"]
 
     @field_validator("architecture")
@@ -58,12 +63,18 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _stride_fits_architecture(self) -> ModelConfig:
-        from scanml.models import supported_output_strides
+        from scanml.models import supported_output_strides, supported_stages
 
-        strides = supported_output_strides(self.architecture)
+        if self.stages is not None and self.stages not in supported_stages(self.architecture):
+            raise ValueError(
+                f"stages {self.stages} is not available for {self.architecture}; "
+                f"choose one of {supported_stages(self.architecture) or '[null] (ResNets only)'}"
+            )
+        strides = supported_output_strides(self.architecture, self.stages)
         if self.output_stride not in strides:
             raise ValueError(
-                f"output_stride {self.output_stride} is not available for {self.architecture} "
+                f"output_stride {self.output_stride} is not available for {self.architecture}"
+                f"{f' cut to {self.stages} stages' if self.stages else ''} "
                 f"(dilation works for ResNets only); choose one of {strides}"
             )
         return self
@@ -123,6 +134,16 @@ class AugmentConfig(_Section):
     noise: float = Field(default=0.5, ge=0.0, le=1.0)
     blur: float = Field(default=0.2, ge=0.0, le=1.0)
     row_streaks: float = Field(default=0.3, ge=0.0, le=1.0)
+    beam_profile: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of tiles given a smooth beam profile"
+    )
+    beam_profile_amplitude: tuple[float, float] = (0.01, 0.06)
+    saturation: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of tiles clipped at a saturation level"
+    )
+    saturation_range: tuple[float, float] = (6.0, 11.0)
+    noise_i0: tuple[float, float] = (3e4, 1e6)
+    blur_sigma: tuple[float, float] = (0.3, 0.9)
     tip: ThreatProjectionConfig = ThreatProjectionConfig()
 
 
@@ -139,6 +160,12 @@ class TrainConfig(_Section):
     channels_last: bool = True
     dense_loss_weight: float = Field(default=1.0, ge=0.0)
     category_loss_weight: float = Field(default=0.2, ge=0.0)
+    dense_loss: Literal["bce", "focal"] = Field(
+        default="bce",
+        description="per-location loss: bce (mean over locations) or focal (RetinaNet: "
+        "alpha 0.25, gamma 2, summed and divided by the positive locations), which keeps "
+        "learning from the few clean locations that still score high",
+    )
     tile_pooling: Literal["max", "mean"] = Field(
         default="max",
         description="how the tile loss pools dense logits (max: as the scan score does)",
@@ -156,6 +183,26 @@ class TrainConfig(_Section):
         description="clean scans scored per mining round (a rotating sample): bounds its cost",
     )
     max_steps_per_epoch: int | None = Field(default=None, ge=1)
+    time_budget_min: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=7 * 24 * 60,
+        description="wall-clock minutes for the epoch loop (validation and mining included): "
+        "after the first epoch the run plans as many epochs as fit (at most `epochs`) and "
+        "fits its learning-rate schedule to them, so a preset trains for a known time",
+    )
+    monitor_smoothing: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="exponential smoothing of the monitored metric across validations "
+        "when picking the best epoch (0: none): one lucky validation does not win",
+    )
+    keep_epoch_models: bool = Field(
+        default=False,
+        description="also save each epoch's model bundle under runs/<name>/epochs/ with its "
+        "elapsed minutes (learning curves)",
+    )
     device: str = "auto"
     threads: int | None = Field(default=None, ge=1)
     runs_dir: str = "runs"

@@ -68,6 +68,7 @@ def create_model(
     *,
     num_categories: int = 4,
     output_stride: int = 32,
+    stages: int | None = None,
 ) -> DenseLogitNet:
     """A dense-logit network over torchvision's ``name`` taking ``in_channels`` energy channels.
 
@@ -90,6 +91,14 @@ def create_model(
     is left at its initialisation. ``output_stride`` 16 (or 8) trades the
     last stride (or two) of a ResNet for dilation: a heat map twice (four
     times) as fine, for 4x the compute of each stage that loses its stride.
+
+    ``stages`` keeps only the first residual stages of a ResNet (``3``: up to
+    ``layer3``, native stride 16, a receptive field of about 200 pixels
+    instead of 400, and well under half the compute of a stride-16 network
+    with a dilated ``layer4``). A smaller receptive field is what a detector
+    of compact objects needs: each logit judges an object against its
+    surroundings, not against the layout of a whole container, which
+    differs between scanners and simulators. ``None`` keeps every stage.
     """
     if name not in _FAMILIES:
         raise ValueError(
@@ -102,10 +111,11 @@ def create_model(
     # Weights first: a wrong or missing file fails before seconds of building.
     state, source = _read_weights(name, os.fspath(weights)) if weights is not None else ({}, "")
     family = _FAMILIES[name]
-    backbone = nn.Sequential(
-        OrderedDict(family.feature_layers(torchvision.models.get_model(name, weights=None)))
-    )
-    _dilate(backbone, name, output_stride)
+    layers = family.feature_layers(torchvision.models.get_model(name, weights=None))
+    if stages is not None:
+        layers = layers[: _layer_count(name, stages)]
+    backbone = nn.Sequential(OrderedDict(layers))
+    _dilate(backbone, name, output_stride, stages)
     _replace_first_conv(backbone, family.first_conv, in_channels)
     grid, feature_channels = _probe(backbone, in_channels)
     network = DenseLogitNet(
@@ -115,6 +125,7 @@ def create_model(
         feature_channels=feature_channels,
         num_categories=num_categories,
         grid=grid,
+        stages=stages,
     )
     if weights is not None:
         _load_weights(network, state, source)
@@ -164,9 +175,11 @@ class DenseLogitNet(nn.Module):
         feature_channels: int,
         num_categories: int,
         grid: OutputGrid,
+        stages: int | None = None,
     ) -> None:
         super().__init__()
         self.architecture = architecture
+        self.stages = stages
         self.in_channels = in_channels
         self.num_categories = num_categories
         self.grid = grid
@@ -260,6 +273,7 @@ class ModelBundle:
             "scanml_version": __version__,
             "architecture": self.architecture,
             "output_stride": self.network.output_stride,
+            "stages": self.network.stages,
             "preprocessing": self.preprocessing.to_dict(),
             "class_names": self.class_names,
             "threshold": self.threshold,
@@ -287,6 +301,7 @@ class ModelBundle:
             len(preprocessing.channels),
             num_categories=len(config["class_names"]),
             output_stride=int(config["output_stride"]),
+            stages=config.get("stages"),  # absent from bundles before stages existed
         )
         network.load_state_dict(load_file(folder / WEIGHTS_FILE))
         return cls(
@@ -318,9 +333,11 @@ class _Family:
     dilatable: tuple[str, ...] = ()
 
 
+_RESNET_LAYER_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
 def _resnet_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-    return [(name, getattr(model, name)) for name in names]
+    return [(name, getattr(model, name)) for name in _RESNET_LAYER_NAMES]
 
 
 def _features_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -371,12 +388,41 @@ _FAMILIES: dict[str, _Family] = {
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(_FAMILIES)
 
 
-def supported_output_strides(name: str) -> list[int]:
-    """The output strides ``create_model(name, ..., output_stride=...)`` accepts (32 for all)."""
-    return [32 >> n for n in range(len(_FAMILIES[name].dilatable) + 1)]
+def supported_output_strides(name: str, stages: int | None = None) -> list[int]:
+    """The output strides ``create_model(name, ..., output_stride=..., stages=...)`` accepts.
+
+    A whole backbone ends at stride 32; a ResNet cut after ``stages`` stages
+    ends at ``2 ** (stages + 1)``, and each of its kept dilatable stages can
+    halve that.
+    """
+    family = _FAMILIES[name]
+    native = 32 >> (4 - stages) if stages is not None else 32
+    dilatable = [stage for stage in family.dilatable if _kept(name, stage, stages)]
+    return [native >> n for n in range(len(dilatable) + 1)]
 
 
-def _dilate(backbone: nn.Sequential, name: str, output_stride: int) -> None:
+def supported_stages(name: str) -> list[int]:
+    """The ``stages`` values ``create_model(name, ...)`` accepts besides None (ResNets: 2-4)."""
+    return [2, 3, 4] if _FAMILIES[name] is _RESNET else []
+
+
+def _layer_count(name: str, stages: int) -> int:
+    """How many of a ResNet's feature layers a network cut after ``stages`` stages keeps."""
+    if stages not in supported_stages(name):
+        raise ValueError(
+            f"{name} cannot be cut to {stages} stages; "
+            f"supported: {supported_stages(name) or 'none (only ResNets can be cut)'}"
+        )
+    return _RESNET_LAYER_NAMES.index(f"layer{stages}") + 1
+
+
+def _kept(name: str, stage: str, stages: int | None) -> bool:
+    return stages is None or _RESNET_LAYER_NAMES.index(stage) < _layer_count(name, stages)
+
+
+def _dilate(
+    backbone: nn.Sequential, name: str, output_stride: int, stages: int | None = None
+) -> None:
     """Trade the strides of the last stages for dilation, as DeepLab does.
 
     The same surgery as torchvision's ``replace_stride_with_dilation``
@@ -384,8 +430,8 @@ def _dilate(backbone: nn.Sequential, name: str, output_stride: int) -> None:
     others get the new one), done on the convolutions themselves so that it
     also works for the basic-block ResNets torchvision refuses to dilate.
     """
-    dilatable = _FAMILIES[name].dilatable
-    choices = supported_output_strides(name)
+    dilatable = [stage for stage in _FAMILIES[name].dilatable if _kept(name, stage, stages)]
+    choices = supported_output_strides(name, stages)
     if output_stride not in choices:
         raise ValueError(f"{name} supports output_stride {choices}, got {output_stride}")
     previous = 1

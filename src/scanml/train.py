@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from torchvision.ops import sigmoid_focal_loss
 from tqdm.auto import tqdm
 
 from scanml.config import Config, config_from_json, load_config
@@ -144,23 +145,26 @@ def train(
         weights=config.model.weights,
         num_categories=len(config.model.categories),
         output_stride=config.model.output_stride,
+        stages=config.model.stages,
     ).to(device)
     if config.train.channels_last:
         network = network.to(memory_format=torch.channels_last)
     criterion = DenseTileLoss(
-        config.train.dense_loss_weight, config.train.category_loss_weight, config.train.tile_pooling
+        config.train.dense_loss_weight,
+        config.train.category_loss_weight,
+        config.train.tile_pooling,
+        dense_loss=config.train.dense_loss,
     )
     optimizer = torch.optim.AdamW(
         _parameter_groups(network, config.train.weight_decay), lr=config.train.lr
     )
     steps_per_epoch = _steps_per_epoch(len(train_set), config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        _warmup_cosine(
-            round(config.train.warmup_epochs * steps_per_epoch),
-            config.train.epochs * steps_per_epoch,
-        ),
+    schedule = WarmupCosine(
+        round(config.train.warmup_epochs * steps_per_epoch), config.train.epochs * steps_per_epoch
     )
+    # A callable object, not a closure: LambdaLR saves its state in the
+    # checkpoint, so a resumed run keeps the length a time budget gave it.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp and device.type == "cuda")
 
     # -- resume -------------------------------------------------------------------------
@@ -209,8 +213,12 @@ def train(
     # -- the epoch loop -----------------------------------------------------------------
     bundle_dir = run_dir / "model"
     status = "FAILED"
+    budget_s = config.train.time_budget_min * 60 if config.train.time_budget_min else None
     try:
         for epoch in range(state.epoch + 1, config.train.epochs + 1):
+            if state.planned_epochs and epoch > state.planned_epochs:
+                break
+            epoch_started = time.monotonic()
             tiles.set_epoch(epoch)
             epoch_stats = train_one_epoch(
                 network,
@@ -239,9 +247,12 @@ def train(
                 tracker.log_metrics(
                     {f"val/{k}": v for k, v in metrics.to_flat_dict().items()}, step=epoch
                 )
-                value = metrics.to_flat_dict().get(
-                    config.train.monitor.removeprefix("val/"), math.nan
+                value = state.smooth(
+                    metrics.to_flat_dict().get(config.train.monitor.removeprefix("val/"), math.nan),
+                    config.train.monitor_smoothing,
                 )
+                if config.train.monitor_smoothing:
+                    tracker.log_metrics({"val/monitor_smoothed": value}, step=epoch)
                 if state.improves(value, config.train.monitor_mode):
                     state.best_metric, state.best_epoch, state.stale_epochs = value, epoch, 0
                     _save_checkpoint(
@@ -261,7 +272,7 @@ def train(
             if (
                 config.train.hard_negative_every
                 and epoch % config.train.hard_negative_every == 0
-                and epoch < config.train.epochs
+                and epoch < (state.planned_epochs or config.train.epochs)
             ):
                 bundle = _bundle(
                     network, config, preprocessing, threshold=0.5, run_id=state.mlflow_run_id
@@ -281,6 +292,25 @@ def train(
                 sampler.set_hard_negatives(state.hard_negatives)
 
             state.epoch = epoch
+            state.elapsed_s += time.monotonic() - epoch_started
+            if budget_s is not None:
+                state.planned_epochs = _plan_epochs(
+                    budget_s, state.elapsed_s, epoch, config.train.epochs
+                )
+                schedule.total_steps = state.planned_epochs * steps_per_epoch
+                tracker.log_metrics(
+                    {
+                        "train/elapsed_min": state.elapsed_s / 60,
+                        "train/planned_epochs": state.planned_epochs,
+                    },
+                    step=epoch,
+                )
+            if config.train.keep_epoch_models:
+                snapshot = _bundle(
+                    network, config, preprocessing, threshold=0.5, run_id=state.mlflow_run_id
+                )
+                snapshot.metadata.update(epoch=epoch, elapsed_min=round(state.elapsed_s / 60, 3))
+                snapshot.save(run_dir / "epochs" / f"epoch-{epoch:03d}")
             _save_checkpoint(
                 run_dir / "last.pt", network, optimizer, scheduler, state, config, epoch
             )
@@ -398,15 +428,29 @@ class DenseTileLoss(nn.Module):
       background included, which the dense term must then undo;
     - category: cross-entropy of the category logits averaged over the
       object's locations, on positive tiles only.
+
+    ``dense_loss="focal"`` replaces the dense cross-entropy by the focal
+    loss (Lin et al., 2017): on large crops nearly every location is clean
+    and easy, and a mean cross-entropy is then dominated by them, while the
+    scan score depends only on the few clean locations that still score
+    high; the focal loss down-weights the easy ones so those few drive it.
     """
 
     def __init__(
-        self, dense_weight: float = 1.0, category_weight: float = 0.2, tile_pooling: str = "max"
+        self,
+        dense_weight: float = 1.0,
+        category_weight: float = 0.2,
+        tile_pooling: str = "max",
+        *,
+        dense_loss: str = "bce",
     ) -> None:
         super().__init__()
+        if dense_loss not in ("bce", "focal"):
+            raise ValueError(f"dense_loss is 'bce' or 'focal', got {dense_loss!r}")
         self.dense_weight = dense_weight
         self.category_weight = category_weight
         self.tile_pooling = tile_pooling
+        self.dense_loss = dense_loss
 
     def forward(
         self, dense_logits: torch.Tensor, targets: dict[str, torch.Tensor]
@@ -418,7 +462,14 @@ class DenseTileLoss(nn.Module):
 
         cells = F.adaptive_max_pool2d(targets["mask"].float()[:, None], anomaly.shape[-2:])[:, 0]
         cells = cells * labels[:, None, None]  # a clean tile is clean everywhere
-        dense_loss = F.binary_cross_entropy_with_logits(anomaly, cells)
+        if self.dense_loss == "focal":
+            # RetinaNet's normalisation: by the positive locations, so a
+            # batch's loss does not shrink as its crops grow.
+            dense_loss = sigmoid_focal_loss(
+                anomaly, cells, reduction="sum"
+            ) / cells.sum().clamp_min(float(anomaly.shape[0]))
+        else:
+            dense_loss = F.binary_cross_entropy_with_logits(anomaly, cells)
 
         category_loss = dense_logits.new_zeros(())
         positive = (targets["category"] >= 0) & (labels > 0.5)
@@ -660,6 +711,16 @@ class TrainingState:
     stale_epochs: int = 0
     mlflow_run_id: str | None = None
     hard_negatives: dict[str, list[tuple[int, int, float]]] = field(default_factory=dict)
+    elapsed_s: float = 0.0  # wall time of the finished epochs, across resumes
+    planned_epochs: int | None = None  # set by a time budget
+    smoothed_metric: float = math.nan
+
+    def smooth(self, value: float, factor: float) -> float:
+        """The monitored value smoothed exponentially over validations (``factor`` 0: as is)."""
+        if factor and not math.isnan(value) and not math.isnan(self.smoothed_metric):
+            value = factor * self.smoothed_metric + (1 - factor) * value
+        self.smoothed_metric = value
+        return value
 
     def improves(self, value: float, mode: str) -> bool:
         if math.isnan(value):
@@ -676,6 +737,9 @@ class TrainingState:
             "stale_epochs": self.stale_epochs,
             "mlflow_run_id": self.mlflow_run_id,
             "hard_negatives": {k: [list(p) for p in v] for k, v in self.hard_negatives.items()},
+            "elapsed_s": self.elapsed_s,
+            "planned_epochs": self.planned_epochs,
+            "smoothed_metric": self.smoothed_metric,
         }
 
     @classmethod
@@ -691,6 +755,9 @@ class TrainingState:
             int(data["stale_epochs"]),
             data["mlflow_run_id"],
             negatives,
+            float(data.get("elapsed_s", 0.0)),
+            data.get("planned_epochs"),
+            float(data.get("smoothed_metric", math.nan)),
         )
 
 
@@ -826,8 +893,15 @@ def _train_transform(
         gain_range=augment.gain,
         offset_range=augment.offset,
         noise=augment.noise,
+        i0_range=augment.noise_i0,
         blur=augment.blur,
+        blur_sigma=augment.blur_sigma,
         row_streaks=augment.row_streaks,
+        beam_profile=augment.beam_profile,
+        beam_profile_amplitude=augment.beam_profile_amplitude,
+        saturation=augment.saturation,
+        saturation_range=augment.saturation_range,
+        attenuation_scale=config.model.attenuation_scale,
     )
 
 
@@ -850,14 +924,35 @@ def _steps_per_epoch(n_scans: int, config: Config) -> int:
     return max(steps, 1)
 
 
-def _warmup_cosine(warmup_steps: int, total_steps: int):
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+class WarmupCosine:
+    """Learning-rate factor per step: linear warm-up, then a cosine down to 0 at ``total_steps``.
+
+    ``total_steps`` may be changed while training (a time budget sets it
+    once the epoch length is known); being an object, not a closure, it is
+    saved with the scheduler's state.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int) -> None:
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
-    return factor
+
+def _plan_epochs(budget_s: float, elapsed_s: float, epoch: int, max_epochs: int) -> int:
+    """How many epochs fit in the budget, judged from the epochs run so far.
+
+    The mean epoch so far includes the first one's decoding, so the plan
+    errs on the short side. At least the epochs already run, at most
+    ``max_epochs``.
+    """
+    mean_epoch_s = elapsed_s / max(epoch, 1)
+    fit = epoch + math.floor(max(budget_s - elapsed_s, 0.0) / max(mean_epoch_s, 1e-9))
+    return int(min(max(fit, epoch), max_epochs))
 
 
 def _device(name: str) -> torch.device:

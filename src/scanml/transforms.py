@@ -10,7 +10,15 @@ every intensity transform here is a physical statement about ``A``:
   detector rows whose gains differ: a gain on transmission is an offset on
   attenuation);
 - photon noise has a standard deviation of ``exp(A / 2) / sqrt(I0)`` in
-  ``A``: worst behind dense cargo.
+  ``A``: worst behind dense cargo;
+- a beam profile is a smooth offset down the detector column (a linac's
+  beam is brightest on its axis; not every scanner flat-fields it), and
+  saturation clips ``A`` where too few photons get through, at a level that
+  depends on the scanner's flux.
+
+Together these randomise the acquisition chain, which differs between
+scanners (and between simulators) as much as the scenes do: a model must
+not learn one scanner's gain, offset, resolution, profile or noise.
 
 Order: TIP first (it adds clean physics to a clean tile), then geometry,
 then intensity, then noise, as a scanner would: the object is in the
@@ -45,9 +53,11 @@ import albumentations as A
 __all__ = [
     "AttenuationGain",
     "AttenuationOffset",
+    "BeamProfile",
     "EvalTransform",
     "PhotonNoise",
     "RowStreaks",
+    "Saturation",
     "ThreatObject",
     "ThreatProjector",
     "TrainTransform",
@@ -95,6 +105,10 @@ class TrainTransform:
         blur_sigma: tuple[float, float] = (0.3, 0.9),
         row_streaks: float = 0.3,
         streak_std: tuple[float, float] = (0.005, 0.03),
+        beam_profile: float = 0.0,
+        beam_profile_amplitude: tuple[float, float] = (0.01, 0.06),
+        saturation: float = 0.0,
+        saturation_range: tuple[float, float] = (6.0, 11.0),
         attenuation_scale: float = ATTENUATION_SCALE,
     ) -> None:
         self.tip = tip
@@ -112,8 +126,10 @@ class TrainTransform:
                 AttenuationGain(gain_range, p=1.0),
                 AttenuationOffset(offset_range, attenuation_scale, p=1.0),
                 RowStreaks(streak_std, attenuation_scale, p=row_streaks),
-                A.GaussianBlur(blur_limit=(3, 5), sigma_limit=blur_sigma, p=blur),
+                BeamProfile(beam_profile_amplitude, attenuation_scale, p=beam_profile),
+                A.GaussianBlur(blur_limit=(3, 7), sigma_limit=blur_sigma, p=blur),
                 PhotonNoise(i0_range, attenuation_scale, p=noise),
+                Saturation(saturation_range, attenuation_scale, p=saturation),
             ],
             p=1.0,
         )
@@ -162,7 +178,12 @@ class ThreatProjector:
     ``generated`` brick stacks from the simulator, drawn with probability
     ``synthetic_fraction`` when both pools hold objects. The tile becomes
     positive: label 1, its mask set over the object's rectangle, its
-    category the object's, its source ``"tip"``. Mined hard negatives
+    category the object's, its source ``"tip"``. The object lands only
+    where the tile holds material (median attenuation under it at least
+    ``min_background``, model units) and only when it adds at least
+    ``min_contrast`` at its densest: otherwise the tile stays clean, because
+    a threat floating in air or too faint to see is a label without a
+    signal. Mined hard negatives
     (source ``"hard"``) are left alone: they are the scarce examples of what
     the current model mistakes for a threat.
     """
@@ -175,6 +196,8 @@ class ThreatProjector:
         rate: float = 0.25,
         depth_range: tuple[float, float] = (0.5, 1.5),
         synthetic_fraction: float = 0.5,
+        min_contrast: float = 0.1 / ATTENUATION_SCALE,
+        min_background: float = 0.5 / ATTENUATION_SCALE,
     ) -> None:
         if not objects and not generated:
             raise ValueError("threat image projection needs at least one object")
@@ -186,6 +209,8 @@ class ThreatProjector:
         self.generated = list(generated)
         self.rate = rate
         self.depth_range = depth_range
+        self.min_contrast = min_contrast
+        self.min_background = min_background
         self.synthetic_fraction = (
             synthetic_fraction if objects and generated else float(bool(generated))
         )
@@ -243,10 +268,30 @@ class ThreatProjector:
         top = int(rng.integers(image.shape[1] - height + 1))
         left = int(rng.integers(image.shape[2] - width + 1))
         image = image[:, top : top + height, left : left + width]
-        y, x = int(rng.integers(size - height + 1)), int(rng.integers(size - width + 1))
-        return self.project(
-            tile, image, y, x, float(rng.uniform(*self.depth_range)), threat.category
-        )
+        depth = float(rng.uniform(*self.depth_range))
+        if depth * float(image[0].max(initial=0.0)) < self.min_contrast:
+            return tile  # too faint to see: a positive label on it would only be noise
+        place = self._inside_cargo(tile.image[0], height, width, rng)
+        if place is None:
+            return tile
+        return self.project(tile, image, *place, depth, threat.category)
+
+    def _inside_cargo(
+        self, image: np.ndarray, height: int, width: int, rng: np.random.Generator
+    ) -> tuple[int, int] | None:
+        """A place for the object where the tile holds cargo or structure, not open air.
+
+        Contraband is carried in containers and vehicles: an object pasted
+        into the air above a container is a positive no scan will ever
+        show, and it teaches the network that threats float. A few random
+        places are tried; the tile is left clean when none is inside.
+        """
+        size = image.shape[0]
+        for _ in range(8):
+            y, x = int(rng.integers(size - height + 1)), int(rng.integers(size - width + 1))
+            if float(np.median(image[y : y + height, x : x + width])) >= self.min_background:
+                return y, x
+        return None
 
     @staticmethod
     def project(
@@ -378,6 +423,66 @@ class RowStreaks(A.ImageOnlyTransform):
 
     def apply(self, img: np.ndarray, offsets: np.ndarray, **params: Any) -> np.ndarray:
         return np.clip(img + offsets.reshape(-1, *([1] * (img.ndim - 1))), 0.0, 1.0)
+
+
+class BeamProfile(A.ImageOnlyTransform):
+    """A smooth attenuation offset down the rows: the beam profile left in the image.
+
+    A linac's fan beam is brightest on its axis and falls off towards the
+    ends of the detector column; a scanner that does not flat-field it
+    leaves ``-ln(profile(row))`` on every column. Over a tile that is a
+    smooth curve: a tilt plus a bow, of peak amplitude drawn from
+    ``amplitude_range`` (attenuation units; 0.04 is a 4 % profile).
+    """
+
+    def __init__(
+        self,
+        amplitude_range: tuple[float, float] = (0.01, 0.06),
+        attenuation_scale: float = ATTENUATION_SCALE,
+        p: float = 0.5,
+    ) -> None:
+        super().__init__(p=p)
+        self.amplitude_range = amplitude_range
+        self.attenuation_scale = attenuation_scale
+
+    def get_params_dependent_on_data(
+        self, params: dict[str, Any], data: dict[str, Any]
+    ) -> dict[str, Any]:
+        rows = params["shape"][0]
+        amplitude = self.py_random.uniform(*self.amplitude_range) / self.attenuation_scale
+        tilt, bow = self.random_generator.uniform(-1.0, 1.0, size=2)
+        position = np.linspace(-1.0, 1.0, rows, dtype=np.float32)
+        curve = tilt * position + bow * (position**2 - 1 / 3)
+        peak = max(float(np.abs(curve).max()), 1e-6)
+        return {"offsets": (curve * np.float32(amplitude / peak)).astype(np.float32)}
+
+    def apply(self, img: np.ndarray, offsets: np.ndarray, **params: Any) -> np.ndarray:
+        return np.clip(img + offsets.reshape(-1, *([1] * (img.ndim - 1))), 0.0, 1.0)
+
+
+class Saturation(A.ImageOnlyTransform):
+    """Clip attenuation at ``A_max = ln(I0 / floor)``, drawn from ``level_range``.
+
+    Where fewer than a few photons get through, a detector reads its floor
+    and the image says "impenetrable": the level depends on the scanner's
+    flux, so a model must not rely on one scanner's ceiling.
+    """
+
+    def __init__(
+        self,
+        level_range: tuple[float, float] = (6.0, 11.0),
+        attenuation_scale: float = ATTENUATION_SCALE,
+        p: float = 0.5,
+    ) -> None:
+        super().__init__(p=p)
+        self.level_range = level_range
+        self.attenuation_scale = attenuation_scale
+
+    def get_params(self) -> dict[str, Any]:
+        return {"level": self.py_random.uniform(*self.level_range) / self.attenuation_scale}
+
+    def apply(self, img: np.ndarray, level: float, **params: Any) -> np.ndarray:
+        return np.minimum(img, np.float32(min(level, 1.0)))
 
 
 class PhotonNoise(A.ImageOnlyTransform):

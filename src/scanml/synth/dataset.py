@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,11 +99,22 @@ class _Job:
     energy: str
     out_dir: str
     path: str  # relative to out_dir
+    vary_acquisition: bool = False
 
     @property
     def fingerprint(self) -> str:
         """Identifies the scan's inputs: a resumed run reuses a file only when they match."""
-        fields = (self.seed, self.index, self.site, self.label, self.length, self.energy, self.path)
+        fields: tuple = (
+            self.seed,
+            self.index,
+            self.site,
+            self.label,
+            self.length,
+            self.energy,
+            self.path,
+        )
+        if self.vary_acquisition:  # only then, so existing datasets keep their fingerprints
+            fields += ("vary_acquisition",)
         return hashlib.sha256(repr(fields).encode()).hexdigest()[:16]
 
 
@@ -120,6 +131,7 @@ def generate_dataset(
     workers: int | None = None,
     skip_existing: bool = False,
     progress: bool = True,
+    vary_acquisition: bool = False,
 ) -> SynthSummary:
     """Simulate ``n_scans`` scans into ``out_dir`` with a manifest and COCO annotations.
 
@@ -129,11 +141,17 @@ def generate_dataset(
     ``"single"`` / ``"dual"``. ``workers`` processes (default: all cores)
     make the scans; the result does not depend on it. ``skip_existing``
     keeps scans a previous run with the same inputs already finished.
+    ``vary_acquisition`` draws each scan's acquisition chain around its
+    site's (:func:`~scanml.synth.profiles.varied_profile`): flux, blur,
+    detector streaks, pixel pitch and saturation differ from scan to scan,
+    as they do between the scanners a model will meet.
     """
     started = time.perf_counter()
     jobs = _plan(
         Path(out_dir), n_scans, seed, anomaly_fraction, sites, lengths, energy, file_format
     )
+    if vary_acquisition:
+        jobs = [replace(job, vary_acquisition=True) for job in jobs]
     out = Path(out_dir)
     (out / "scans").mkdir(parents=True, exist_ok=True)
     (out / _RECORDS_DIR).mkdir(exist_ok=True)
@@ -262,6 +280,7 @@ def _make_scan(job: _Job) -> dict[str, Any]:
             anomalous=bool(job.label),
             energy=job.energy,  # type: ignore[arg-type]
             scan_id=job.scan_id,
+            vary_acquisition=job.vary_acquisition,
         )
         if bool(annotations) == bool(job.label):
             break

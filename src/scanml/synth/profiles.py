@@ -17,12 +17,14 @@ mm/pixel anyway.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
+
+import numpy as np
 
 from scanml.physics import Energy
 
-__all__ = ["SCANNER_PROFILES", "ScannerProfile"]
+__all__ = ["SCANNER_PROFILES", "ScannerProfile", "varied_profile"]
 
 
 @dataclass(frozen=True)
@@ -130,3 +132,26 @@ SCANNER_PROFILES: Mapping[str, ScannerProfile] = {
         ),
     )
 }
+
+
+def varied_profile(profile: ScannerProfile, rng: np.random.Generator) -> ScannerProfile:
+    """``profile`` with its acquisition chain drawn around the site's own, for one scan.
+
+    What differs between scanners of one kind, and between a scanner's
+    days: photon flux (dose, linac ageing: a factor of 3 either way), the
+    detector's blur, how well its row gains are flat-fielded, the column
+    pitch (belt or truck speed), the row pitch (detector model) and the
+    saturation floor. Training on such scans (and augmenting on top) keeps
+    a model from learning one scanner's chain instead of the cargo.
+    """
+    flux = float(np.exp(rng.uniform(np.log(1 / 3), np.log(3))))
+    blur = float(rng.uniform(0.6, 2.0))
+    return replace(
+        profile,
+        i0=tuple(value * flux for value in profile.i0),
+        count_floor=profile.count_floor * float(rng.uniform(0.5, 2.0)),
+        blur_px=(profile.blur_px[0] * blur, profile.blur_px[1] * blur),
+        gain_residual=profile.gain_residual * float(rng.uniform(0.5, 3.0)),
+        col_spacing_mm=round(profile.col_spacing_mm * float(rng.uniform(0.8, 1.25)), 3),
+        row_spacing_mm=round(profile.row_spacing_mm * float(rng.uniform(0.9, 1.15)), 3),
+    )

@@ -16,7 +16,7 @@ from scanml.synth.cargo import CARGO_TYPES, CARGO_WEIGHTS, load_cargo
 from scanml.synth.concealment import Annotation, conceal
 from scanml.synth.container import ContainerSize, ContainerSpec, render_container
 from scanml.synth.detector import measure, saturation_level
-from scanml.synth.profiles import SCANNER_PROFILES, ScannerProfile
+from scanml.synth.profiles import SCANNER_PROFILES, ScannerProfile, varied_profile
 from scanml.synth.render import Canvas
 from scanml.synth.vehicle import Conveyance, plan_vehicle, render_vehicle
 
@@ -52,6 +52,7 @@ def simulate_scan(
     conveyance: Conveyance | None = None,
     energy: EnergyMode = "site",
     scan_id: str | None = None,
+    vary_acquisition: bool = False,
 ) -> tuple[Scan, list[Annotation]]:
     """Simulate one side-view transmission scan and the boxes of its concealments.
 
@@ -61,11 +62,14 @@ def simulate_scan(
     the returned annotations are in the scan's own pixels (COCO ``x, y, w, h``)
     and already mirrored when the site's cab drives on the right. ``energy``
     keeps the site's channels (``"site"``), only the high-energy one
-    (``"single"``) or forces two (``"dual"``).
+    (``"single"``) or forces two (``"dual"``). ``vary_acquisition`` draws
+    this scan's acquisition chain around the profile's (``varied_profile``).
     """
     rng = np.random.default_rng(rng_or_seed)
     if isinstance(profile, str):
         profile = SCANNER_PROFILES[profile]
+    if vary_acquisition:
+        profile = varied_profile(profile, rng)
     scene = _draw_scene(rng, profile, length, container, reefer, cargo_type, anomalous, conveyance)
     channels, i0 = _channels(profile, energy, rng)
 
@@ -105,6 +109,7 @@ def simulate_scan(
             "energies_mev": [profile.energies_mev[0], 4.0][: len(channels)],
             "i0": [round(float(v), 1) for v in i0],
             "saturation": [round(float(v), 4) for v in saturation_level(profile, i0)],
+            "blur_px": [round(float(v), 3) for v in profile.blur_px],
             "label": int(bool(annotations)),
         },
     )

@@ -1,0 +1,110 @@
+"""The detection-quality benchmark end to end, shrunk: smoke preset, a few scans per set."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import CONFIGS, REPO
+from scanml.baseline import LocalContrastDetector
+from scanml.io import Scan
+from scanml.metrics import ScanOutcome
+from scanml.quality import _curve_snapshots, bootstrap_metrics, run_quality_benchmark
+from scanml.synth import generate_dataset
+
+
+def _foreign_generator():
+    spec = importlib.util.spec_from_file_location(
+        "foreign_scans", REPO / "benchmarks" / "foreign_scans.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.generate_foreign_dataset
+
+
+def test_bootstrap_intervals_bracket_the_estimate_and_shrink_with_more_scans() -> None:
+    def outcomes(n: int) -> list[ScanOutcome]:
+        # Anomalous scans score a little higher than clean ones, with overlap.
+        return [
+            ScanOutcome(f"s{i}", "x", i % 2, score=(i % 2) * 0.3 + (i * 0.618) % 1)
+            for i in range(n)
+        ]
+
+    small = bootstrap_metrics(outcomes(40), threshold=0.9, n_resamples=300)
+    large = bootstrap_metrics(outcomes(400), threshold=0.9, n_resamples=300)
+    for result in (small, large):
+        auroc = result["auroc"]
+        assert auroc.low <= auroc.value <= auroc.high
+        assert 0.5 < auroc.value < 1.0
+    assert (large["auroc"].high - large["auroc"].low) < (small["auroc"].high - small["auroc"].low)
+    assert math.isnan(small["pointing"].value)  # no boxes: undefined, never a made-up number
+
+
+def test_learning_curve_takes_the_last_snapshot_before_each_mark_and_the_final_one() -> None:
+    elapsed = [
+        (1, 3.0, Path("e1")),
+        (2, 6.5, Path("e2")),
+        (3, 9.9, Path("e3")),
+        (4, 12.0, Path("e4")),
+    ]
+    picked = _curve_snapshots(elapsed, (5.0, 10.0, 20.0, 30.0))
+    assert [epoch for epoch, _, _ in picked] == [1, 3, 4]
+
+
+def test_baseline_finds_a_dense_block_in_a_flat_scan() -> None:
+    import numpy as np
+
+    from scanml.data import Box, ScanRecord
+
+    attenuation = np.full((1, 400, 800), 1.0, dtype=np.float32)
+    attenuation[:, 200:240, 300:350] += 0.4  # a 32 x 40 cm block at 8 mm
+    scan = Scan(attenuation, (8.0, 8.0), ["high"], {})
+    record = ScanRecord("s", Path("s.npy"), 1, "x", boxes=[Box(300, 200, 50, 40, "drugs")])
+    outcome = LocalContrastDetector(threshold=0.2).outcome(record, scan)
+    x, y = outcome.peak_xy
+    assert 300 <= x <= 350 and 200 <= y <= 240
+    assert outcome.score == pytest.approx(0.4, abs=0.05)
+    assert len(outcome.regions) == 1
+
+
+@pytest.mark.slow
+def test_quality_benchmark_end_to_end(tiny_dataset: Path, tmp_path: Path, mlflow_uri: str) -> None:
+    left_out = generate_dataset(
+        out_dir=tmp_path / "santos", n_scans=6, seed=3, sites=["santos"], workers=1, progress=False
+    ).manifest.parent
+    foreign = _foreign_generator()(tmp_path / "foreign", n_scans=6, seed=0, workers=1)
+
+    report = run_quality_benchmark(
+        data_dir=tiny_dataset,
+        left_out_dir=left_out,
+        foreign_dir=foreign,
+        out_dir=tmp_path / "reports",
+        config_path=CONFIGS / "smoke.yaml",
+        overrides=["train.time_budget_min=0.5"],
+        curve_minutes=(0.01, 30.0),
+        bootstrap=50,
+        progress=False,
+    )
+
+    assert [r.name.split(")")[0] for r in report.model] == ["(a", "(b", "(c"]
+    assert [r.n_scans for r in report.model[1:]] == [6, 6]
+    for result in report.model + report.baseline:
+        auroc = result.metrics["auroc"]
+        assert math.isnan(auroc.value) or auroc.low <= auroc.value <= auroc.high
+    assert report.curve and report.curve[-1][1] == report.epochs
+    markdown = (tmp_path / "reports" / "quality.md").read_text()
+    assert "(c) independent generator" in markdown and "Baseline" in markdown
+    assert (
+        json.loads((tmp_path / "reports" / "quality.json").read_text())["epochs"] == report.epochs
+    )
+    assert (tmp_path / "reports" / "quality_curve.png").stat().st_size > 10_000
+
+    client = MlflowClient(mlflow_uri)
+    bench = client.get_experiment_by_name("scanml-bench")
+    runs = client.search_runs([bench.experiment_id], "attributes.run_name LIKE 'quality-2%'")
+    assert any("quality/model/c/auroc" in run.data.metrics for run in runs)
