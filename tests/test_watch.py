@@ -159,11 +159,11 @@ class _Feeder(threading.Thread):
         super().__init__(daemon=True)
         self.inbox, self.files, self.every_s = inbox, files, every_s
         self.delivered: list[Path] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         for source in self.files:
-            if self._stop.wait(self.every_s):
+            if self._halt.wait(self.every_s):
                 return
             partial = self.inbox / f".{source.name}.partial"
             shutil.copyfile(source, partial)
@@ -171,7 +171,7 @@ class _Feeder(threading.Thread):
             self.delivered.append(source)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 def _watch_command(trained_model, source: Path | str, out: Path, port: int) -> list[str]:
