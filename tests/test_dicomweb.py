@@ -53,6 +53,7 @@ def test_a_bad_store_url_is_one_line_and_exit_2(
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_scans_in_reports_back_and_a_rerun_scores_nothing_twice(
     orthanc: OrthancServer, trained_model, tmp_path: Path
 ) -> None:
