@@ -87,7 +87,7 @@ QUALITY_DIR ?= data/bench-quality
 
 ## Train the default preset within its budget; detection quality with intervals -> reports/quality.md
 bench-quality: $(STAMP)
-	$(SCANML) synth --out $(QUALITY_DIR)/train --n-scans 300 --seed 0 --sites antwerp,rotterdam --skip-existing
+	$(SCANML) synth --out $(QUALITY_DIR)/train --n-scans 400 --seed 0 --sites antwerp,rotterdam --skip-existing
 	$(SCANML) synth --out $(QUALITY_DIR)/left-out-santos --n-scans 100 --seed 1 --sites santos --skip-existing
 	test -f $(QUALITY_DIR)/foreign/manifest.csv || $(PY) benchmarks/foreign_scans.py --out $(QUALITY_DIR)/foreign --n-scans 200 --seed 0
 	$(SCANML) bench --quality --out reports --data $(QUALITY_DIR)/train \

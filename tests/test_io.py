@@ -25,7 +25,14 @@ from pydicom.uid import (
 )
 
 from io_fixtures import lin_tolerance, synthetic_scan
-from scanml.io import SUPPORTED_SUFFIXES, Scan, ScanReadError, read_scan, write_scan
+from scanml.io import (
+    SUPPORTED_SUFFIXES,
+    Scan,
+    ScanAssumptionWarning,
+    ScanReadError,
+    read_scan,
+    write_scan,
+)
 
 LOG_TOLERANCE = 2.0**-13 + 1e-6  # half a step of the 16-bit LOG encoding
 DICOS_DX = "1.2.840.10008.5.1.4.1.1.501.2.1"
@@ -185,14 +192,22 @@ def test_fewer_bits_keep_attenuation_to_their_step(bits: int, tmp_path: Path) ->
     assert np.abs(read.attenuation - single.attenuation).max() <= step / 2 + 1e-6
 
 
-def test_dual_energy_is_one_frame_per_channel_with_its_name(tmp_path: Path) -> None:
+def test_dual_energy_is_one_dicos_instance_per_energy_with_its_name(tmp_path: Path) -> None:
     dual = synthetic_scan()
     dual.channels = ["6MeV", "4MeV"]
     path = write_scan(dual, tmp_path / "dual.dcm")
-    dataset = pydicom.dcmread(path)
-    assert dataset.NumberOfFrames == 2
-    assert list(dataset.FrameLabelVector) == ["6MeV", "4MeV"]
+    partner = tmp_path / "dual.4MeV.dcm"
+    assert sorted(tmp_path.iterdir()) == sorted([path, partner])
+    high, low = pydicom.dcmread(path), pydicom.dcmread(partner)
+    assert "NumberOfFrames" not in high
+    assert list(high.ImageType) == ["ORIGINAL", "HIGH ENERGY"]
+    assert list(low.ImageType) == ["ORIGINAL", "LOW ENERGY"]
+    assert (high.FrameLabelVector, low.FrameLabelVector) == ("6MeV", "4MeV")
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        assert high[keyword].value == low[keyword].value
+    assert high.SOPInstanceUID != low.SOPInstanceUID
     read = read_scan(path)
+    assert read.meta["energy_files"] == [str(path), str(partner)]
     assert read.channels == ["6MeV", "4MeV"]
     assert np.abs(read.attenuation - dual.attenuation).max() <= LOG_TOLERANCE
     assert read_scan(path, channels=["high", "low"]).channels == ["high", "low"]
@@ -200,9 +215,26 @@ def test_dual_energy_is_one_frame_per_channel_with_its_name(tmp_path: Path) -> N
         read_scan(path, channels=["high"])
 
 
-def test_unnamed_frames_default_to_high_and_low(scan: Scan, tmp_path: Path) -> None:
-    read = read_scan(_strip(write_scan(scan, tmp_path / "x.dcm"), "FrameLabelVector"))
+def test_unnamed_energies_are_named_by_their_image_type(scan: Scan, tmp_path: Path) -> None:
+    path = write_scan(scan, tmp_path / "x.dcm")
+    _strip(tmp_path / f"x.{scan.channels[1]}.dcm", "FrameLabelVector")
+    read = read_scan(_strip(path, "FrameLabelVector"))
     assert read.channels == ["high", "low"]
+
+
+def test_legacy_two_frame_file_with_frame_labels_still_reads(scan: Scan, tmp_path: Path) -> None:
+    """Files scanml wrote before DICOS interop: two frames, named by FrameLabelVector."""
+    first = write_scan(scan, tmp_path / "x.dcm")
+    low = pydicom.dcmread(tmp_path / f"x.{scan.channels[1]}.dcm")
+    legacy = pydicom.dcmread(first)
+    legacy.NumberOfFrames = 2
+    legacy.FrameLabelVector = ["high", "low"]
+    legacy.ImageType = ["ORIGINAL", "PRIMARY"]
+    legacy.PixelData = legacy.PixelData + low.PixelData
+    legacy.save_as(tmp_path / "legacy.dcm")
+    read = read_scan(tmp_path / "legacy.dcm")
+    assert read.channels == ["high", "low"]
+    assert np.abs(read.attenuation - scan.attenuation).max() <= LOG_TOLERANCE
 
 
 def test_written_file_is_dicos_dx_without_personal_data(scan: Scan, tmp_path: Path) -> None:
@@ -217,7 +249,9 @@ def test_written_file_is_dicos_dx_without_personal_data(scan: Scan, tmp_path: Pa
     assert [float(v) for v in first.PixelSpacing] == list(scan.spacing_mm)
     assert [float(v) for v in first.ImagerPixelSpacing] == list(scan.spacing_mm)
     assert first.InstitutionName == "antwerp" and first.SeriesDescription == "synthetic-001"
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "ReferringPhysicianName"):
+    # SDICOS requires an OOI ID: its placeholder, never a real identifier.
+    assert first.PatientID == "unknown"
+    for keyword in ("PatientName", "PatientBirthDate", "ReferringPhysicianName"):
         assert not first.get(keyword)
 
 
@@ -228,8 +262,10 @@ def test_read_fills_the_documented_meta(scan: Scan, tmp_path: Path) -> None:
     assert (meta["site"], meta["scan_id"]) == ("antwerp", "synthetic-001")
     assert meta["sop_class_uid"] == DICOS_DX and meta["modality"] == "DX"
     assert meta["spacing_source"] == "PixelSpacing"
-    assert meta["bits_stored"] == 16 and meta["full_scale"] == pytest.approx(65535 * 2.0**-12)
-    assert (meta["rescale_slope"], meta["rescale_intercept"]) == (2.0**-12, 0.0)
+    # DICOS DX requires the identity modality LUT: LOG's scale is a real world value mapping.
+    assert meta["bits_stored"] == 16 and meta["full_scale"] == 65535
+    assert (meta["rescale_slope"], meta["rescale_intercept"]) == (1.0, 0.0)
+    assert meta["assumptions"] == [] and meta["open_beam"]["method"] == "estimate"
     assert read_scan(path, site="rotterdam").meta["site"] == "rotterdam"
 
 
@@ -253,16 +289,20 @@ def test_dicom_without_suffix_is_recognised_by_its_preamble(scan: Scan, tmp_path
     assert read_scan(bare).meta["format"] == "dicom"
 
 
-def test_jpeg_ls_needs_the_jpeg_extra_or_decodes(tmp_path: Path) -> None:
-    source = pydicom.dcmread(get_testdata_files("MR_small_jpeg_ls_lossless.dcm")[0])
-    source.Modality = "DX"
-    path = tmp_path / "jpeg-ls.dcm"
-    source.save_as(path)
-    if get_decoder(JPEGLSLossless).is_available:
-        assert read_scan(path, spacing_mm=1.0).attenuation.shape == (1, 64, 64)
-    else:
-        with pytest.raises(ScanReadError, match=r"scanml\[jpeg\]"):
-            read_scan(path, spacing_mm=1.0)
+def test_jpeg_ls_decodes_in_the_default_install(tmp_path: Path) -> None:
+    """pydicom's own JPEG-LS test file, decoded by python-gdcm (BSD/Apache), not the GPL extra."""
+    assert "gdcm" in get_decoder(JPEGLSLossless).available_plugins
+    paths = {}
+    for name in ("MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm"):
+        source = pydicom.dcmread(get_testdata_files(name)[0])
+        source.Modality = "DX"
+        paths[name] = tmp_path / name
+        source.save_as(paths[name])
+    with pytest.warns(ScanAssumptionWarning):  # an MR file says nothing of intensity
+        compressed = read_scan(paths["MR_small_jpeg_ls_lossless.dcm"], spacing_mm=1.0)
+        plain = read_scan(paths["MR_small.dcm"], spacing_mm=1.0)
+    assert compressed.attenuation.shape == (1, 64, 64)
+    assert np.array_equal(compressed.attenuation, plain.attenuation)
 
 
 # --- TIFF, PNG, .npy ----------------------------------------------------------

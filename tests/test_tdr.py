@@ -68,7 +68,7 @@ def test_round_trip_through_plain_pydicom(
     assert dataset.SOPInstanceUID != dicom_scan.meta["sop_instance_uid"]
     assert dataset.StudyInstanceUID == dicom_scan.meta["study_instance_uid"]
     assert dataset.SeriesInstanceUID != dicom_scan.meta["series_instance_uid"]
-    reference = dataset.ReferencedSOPSequence[0]
+    reference = dataset.ReferencedStudySequence[0]  # where SDICOS keeps the scan reference
     assert reference.ReferencedSOPInstanceUID == dicom_scan.meta["sop_instance_uid"]
     assert reference.ReferencedSOPClassUID == DICOS_DX_SOP_CLASS_UID
     assert (dataset.TDRType, dataset.AlarmDecision, dataset.AbortFlag) == (
@@ -89,7 +89,7 @@ def test_round_trip_through_plain_pydicom(
     assert assessment.ATDAssessmentFlag == "THREAT"
     assert assessment.ATDAssessmentProbability == pytest.approx(0.92)
     assert second.ATDAssessmentSequence[0].ATDAssessmentFlag == "NO_THREAT"  # 0.41 is below 0.5
-    assert second.ATDAssessmentSequence[0].ThreatCategory == "PROHIBITED_ITEM"
+    assert second.ATDAssessmentSequence[0].ThreatCategory == "PI"
     representation = first.PTORepresentationSequence[0]
     assert list(representation.BoundingPolygon) == [10, 20, 0, 40, 20, 0, 40, 60, 0, 10, 60, 0]
     assert (
@@ -103,7 +103,7 @@ def test_round_trip_through_plain_pydicom(
     assert report.alarm_decision == "ALARM"
     assert [(o.category, o.dicos_category) for o in report.objects] == [
         ("drugs", "CONTRABAND"),
-        ("weapon", "PROHIBITED_ITEM"),
+        ("weapon", "PI"),
     ]
     assert [o.probability for o in report.objects] == pytest.approx([0.92, 0.41])
     assert report.objects[0].polygon == [(10, 20), (40, 20), (40, 60), (10, 60)]

@@ -336,27 +336,66 @@ def _add_info(commands: argparse._SubParsersAction) -> None:
         metavar=("ROW", "COL"),
         help="pixel spacing for TIFF/PNG/.npy, which carry none",
     )
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="scanner profile to apply (a name in configs/profiles or $SCANML_PROFILES)",
+    )
     p.set_defaults(func=_run_info)
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from scanml.io import ScanReadError, read_scan
+    import warnings
+
+    from scanml.io import ScanAssumptionWarning, ScanReadError, read_scan
 
     failed = 0
     for path in args.paths:
         try:
-            scan = read_scan(path, spacing_mm=tuple(args.spacing_mm) if args.spacing_mm else None)
+            with warnings.catch_warnings():  # printed below, with the file's other facts
+                warnings.simplefilter("ignore", ScanAssumptionWarning)
+                scan = read_scan(
+                    path,
+                    spacing_mm=tuple(args.spacing_mm) if args.spacing_mm else None,
+                    profile=args.profile,
+                )
         except ScanReadError as exc:
             print(f"{path}: ERROR {exc.reason}")
             failed += 1
             continue
+        except ValueError as exc:  # an unknown profile name, an invalid profile file
+            raise UserFacingError(str(exc)) from exc
         _, height, width = scan.attenuation.shape
         print(
             f"{path}: {height} x {width} px, channels {scan.channels}, spacing {scan.spacing_mm} mm, "
             f"attenuation {scan.attenuation.min():.2f}..{scan.attenuation.max():.2f}, "
             f"site {scan.meta.get('site')}"
         )
+        _print_reading_notes(scan.meta)
     return 1 if failed else 0
+
+
+def _print_reading_notes(meta: dict) -> None:
+    """What the reader applied and assumed, so that no guess goes unseen."""
+    encoding = meta.get("encoding")
+    if encoding in ("LIN", "LOG"):
+        print(f"  values: {encoding}, sign {meta.get('sign', 1):+d}")
+    print(f"  profile: {meta.get('profile') or 'none'}; spacing from {meta.get('spacing_source')}")
+    open_beam = meta.get("open_beam") or {}
+    if open_beam:
+        channels = open_beam.get("channels") or []
+        levels = ", ".join(
+            f"{c['air_transmission_min']:.1%}..{c['air_transmission_max']:.1%}" for c in channels
+        )
+        print(
+            f"  open beam: {open_beam.get('method')}"
+            + (f", air at {levels} of full scale" if levels else "")
+            + (", corrected" if open_beam.get("applied") else "")
+        )
+    for override in meta.get("profile_overrides") or []:
+        print(f"  profile: {override}")
+    for note in meta.get("assumptions") or []:
+        print(f"  ASSUMED: {note}")
 
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:

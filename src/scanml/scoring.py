@@ -58,7 +58,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from scanml.io import SUPPORTED_SUFFIXES, Scan, read_scan
+from scanml.io import SUPPORTED_SUFFIXES, Scan, is_energy_partner, read_scan
 from scanml.models import ModelBundle
 from scanml.plots import save_overlay
 from scanml.predict import Prediction, Predictor, Region
@@ -571,6 +571,7 @@ class _ScanScorer:
             model_uri=self.model_uri,
             class_names=self.predictor.bundle.class_names,
             processing_ms=model_seconds * 1000,
+            peak_xy=prediction.peak_xy,
         )
 
 
@@ -604,7 +605,9 @@ def _resolve_source(source: str | os.PathLike[str]) -> list[InputItem]:
     path = Path(source).expanduser()
     if path.is_dir():
         files = (
-            p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
+            p
+            for p in path.rglob("*")
+            if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not is_energy_partner(p)
         )
         return [_file_item(Path(os.path.abspath(p))) for p in sorted(files)]
     if path.is_file() and path.suffix.lower() == ".csv":

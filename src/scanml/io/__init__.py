@@ -5,6 +5,8 @@ pixel grid and raises only :class:`ScanReadError`; see
 :mod:`scanml.io.dicom` for how DICOM pixel values are interpreted.
 """
 
+from scanml.io.dicom import ScanAssumptionWarning
+from scanml.io.dicos import is_energy_partner
 from scanml.io.errors import ScanReadError
 from scanml.io.files import DEFAULT_MAX_BYTES, SUPPORTED_SUFFIXES, read_scan, write_scan
 from scanml.io.scan import Scan
@@ -13,7 +15,9 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "SUPPORTED_SUFFIXES",
     "Scan",
+    "ScanAssumptionWarning",
     "ScanReadError",
+    "is_energy_partner",
     "read_scan",
     "write_scan",
 ]

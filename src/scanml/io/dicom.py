@@ -22,7 +22,22 @@ its sign the photometric interpretation is ignored. Where the sign is
 missing it is inferred from the photometric interpretation, on the scanner
 convention that air is shown bright: MONOCHROME2 gives +1, MONOCHROME1 -1.
 A file without PixelIntensityRelationship is read as LIN if its modality is
-a projection X-ray one (or missing), and ``meta`` records what was assumed.
+a projection X-ray one (or missing); a medical (non-DICOS) file without
+PixelIntensityRelationshipSign follows the medical display convention
+instead (MONOCHROME2 shows bone bright, so values grow with attenuation).
+Every such assumption is a warning (:class:`ScanAssumptionWarning`) and a
+line in ``meta["assumptions"]``; a scanner profile settles it, and
+overrides a file known to be mislabelled (SDICOS labels everything LIN).
+
+LOG values need a scale: an ``ATTENUATION`` Real World Value Mapping item
+(what scanml writes, since DICOS DX requires Rescale Slope 1), a rescale
+slope other than 1 (older scanml files: the modality LUT's output is in
+natural-log units), or the profile's ``log_scale``; without any of them
+the file is refused. Frames are channels only when declared energies
+(FrameLabelVector naming each, or the profile's ``channels``); a cine or a
+stack is refused. A DICOS DX holding one energy of a dual-energy scan
+(Image Type ``HIGH ENERGY``) is read together with its partner files
+(:mod:`scanml.io.dicos`).
 
 The writer follows the same convention: with the default sign, a viewer
 shows air bright in either photometric interpretation, so a MONOCHROME1
@@ -31,19 +46,19 @@ file stores mirrored values and sign -1.
 
 from __future__ import annotations
 
-import datetime
 import io
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, get_decoder, get_encoder
-from pydicom.tag import Tag
+from pydicom.pixels import get_decoder, get_encoder
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -52,15 +67,20 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
-    generate_uid,
 )
 from pydicom.valuerep import DSfloat
 
-from scanml import __version__
+from scanml.io.dicos import (
+    ENERGY_CHANNEL_NAMES,
+    attenuation_mapping,
+    dicos_dx_dataset,
+    energy_of,
+    find_energy_partners,
+)
 from scanml.io.errors import ScanReadError, check_declared_size, check_file_size
+from scanml.io.intensity import NATURAL_SIGN, IntensityEncoding, to_attenuation
 from scanml.io.scan import DecodedImage, Scan
-
-DICOS_DX_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.501.2.1")
+from scanml.profiles import ScannerProfile
 
 # Lossless only: a scan that is re-encoded must keep its attenuation.
 WRITABLE_TRANSFER_SYNTAXES: tuple[UID, ...] = (
@@ -72,46 +92,97 @@ WRITABLE_TRANSFER_SYNTAXES: tuple[UID, ...] = (
     JPEGLSLossless,
 )
 
-# Modalities whose images are projections of an X-ray beam, where LIN may be
-# assumed when the file does not say; CT or MR values are no transmission.
-PROJECTION_MODALITIES = frozenset({"DX", "CR", "RF", "XA", "MG", "IO", "PX", "OT"})
-
 # LOG files store attenuation in steps of 2**(LOG_RANGE_EXPONENT - bits), so
 # every bit depth covers A in [0, 16): beyond 11 (one photon in 2**16) a
 # pixel is impenetrable anyway.
 LOG_RANGE_EXPONENT = 4
 
-# The direction in which each relationship's values naturally run:
-# LIN grows with intensity (+1), LOG (attenuation) grows against it (-1).
-NATURAL_SIGN = {"LIN": 1, "LOG": -1}
-
 Encoding = Literal["LOG", "LIN"]
 Photometric = Literal["MONOCHROME2", "MONOCHROME1"]
 
+# Given a file's Manufacturer, model and station, the scanner profile to apply (or None).
+ProfileResolver = Callable[[Mapping[str, str | None]], ScannerProfile | None]
 
-def read_dicom(path: Path, *, max_bytes: int) -> DecodedImage:
+
+class ScanAssumptionWarning(UserWarning):
+    """A file left something out and the reader assumed it (see ``meta["assumptions"]``)."""
+
+
+def read_dicom(
+    path: Path, *, max_bytes: int, resolve_profile: ProfileResolver | None = None
+) -> DecodedImage:
     """Decode a DICOM/DICOS projection image into attenuation [C, H, W].
 
     The declared image size is checked against ``max_bytes`` before pydicom
     allocates the pixel buffer, and pixels are decoded here, because a
-    truncated or hostile file only fails at decoding.
+    truncated or hostile file only fails at decoding. ``resolve_profile``
+    picks the scanner profile from the file's equipment attributes.
     """
+    dataset = _parse(path, max_bytes)
+    equipment = {
+        "manufacturer": _text(dataset, "Manufacturer"),
+        "model": _text(dataset, "ManufacturerModelName"),
+        "station": _text(dataset, "StationName"),
+    }
+    profile = resolve_profile(equipment) if resolve_profile is not None else None
+    energy = energy_of(dataset)
+    partners = (
+        [(found, _parse(found, max_bytes)) for found in find_energy_partners(path, dataset)]
+        if energy == "HIGH ENERGY"
+        else []
+    )
+    decoded = _decode_one(path, dataset, max_bytes, profile)
+    if energy is not None:
+        decoded.channels = [ENERGY_CHANNEL_NAMES[energy]]
+        names = _frame_labels(dataset, 1)
+        if names:
+            decoded.channels = names
+    for partner_path, partner in partners:
+        other = _decode_one(partner_path, partner, max_bytes, profile)
+        if other.attenuation.shape[1:] != decoded.attenuation.shape[1:]:
+            raise ScanReadError(
+                partner_path,
+                f"the low-energy image is {other.attenuation.shape[1:]} pixels, the high-energy"
+                f" one {decoded.attenuation.shape[1:]}",
+            )
+        decoded.attenuation = np.concatenate([decoded.attenuation, other.attenuation])
+        labels = _frame_labels(partner, 1) or [ENERGY_CHANNEL_NAMES[energy_of(partner) or ""]]
+        decoded.channels = [*(decoded.channels or []), *labels]
+        decoded.meta["assumptions"] += other.meta["assumptions"]
+    if energy is not None:
+        decoded.meta["energy_files"] = [str(path)] + [str(p) for p, _ in partners]
+        if energy == "HIGH ENERGY" and not partners:
+            _assume(decoded.meta, "the low-energy partner file was not found: one channel read")
+    decoded.meta["equipment"] = equipment
+    decoded.meta["profile"] = profile.name if profile is not None else None
+    return decoded
+
+
+def _parse(path: Path, max_bytes: int) -> Dataset:
     check_file_size(path, max_bytes)
     try:
         # From memory, not from the file: a forged element length makes
         # pydicom ask the file object for gigabytes, which a real file
         # allocates up front and an in-memory buffer does not.
-        dataset = pydicom.dcmread(io.BytesIO(path.read_bytes()))
+        return pydicom.dcmread(io.BytesIO(path.read_bytes()))
     except InvalidDicomError as exc:
         raise ScanReadError(path, f"not a DICOM file ({exc})") from exc
+
+
+def _decode_one(
+    path: Path, dataset: Dataset, max_bytes: int, profile: ScannerProfile | None
+) -> DecodedImage:
+    """One instance's pixels as attenuation, with what was read and what was assumed."""
     geometry = _ImageGeometry.of(path, dataset)
     check_declared_size(path, geometry.shape, max(geometry.bytes_per_value, 4), max_bytes)
+    channels = _declared_channels(path, dataset, geometry.frames, profile)
     _require_decoder(path, dataset)
-    intensity = _IntensityEncoding.of(path, dataset, geometry.photometric)
+    intensity = IntensityEncoding.of(path, dataset, geometry.photometric, profile)
     stored = _decode_pixels(path, dataset).reshape(geometry.shape)
-    attenuation, full_scale = _to_attenuation(path, stored, dataset, geometry, intensity)
+    attenuation, full_scale = to_attenuation(path, stored, dataset, geometry.max_stored, intensity)
     spacing, spacing_source = _file_spacing(path, dataset)
-    meta = {
+    meta: dict[str, Any] = {
+        "path": str(path),
         "format": "dicom",
         "site": _text(dataset, "InstitutionName"),
         "scan_id": _text(dataset, "SeriesDescription"),
@@ -120,6 +191,7 @@ def read_dicom(path: Path, *, max_bytes: int) -> DecodedImage:
         "sop_instance_uid": _text(dataset, "SOPInstanceUID"),
         "study_instance_uid": _text(dataset, "StudyInstanceUID"),
         "series_instance_uid": _text(dataset, "SeriesInstanceUID"),
+        "frame_of_reference_uid": _text(dataset, "FrameOfReferenceUID"),
         "transfer_syntax_uid": str(dataset.file_meta.TransferSyntaxUID),
         "photometric_interpretation": geometry.photometric,
         "encoding": intensity.relationship,
@@ -131,8 +203,41 @@ def read_dicom(path: Path, *, max_bytes: int) -> DecodedImage:
         "rescale_intercept": _number(dataset, "RescaleIntercept", 0.0),
         "full_scale": full_scale,
         "spacing_source": spacing_source,
+        "assumptions": [],
     }
-    return DecodedImage(attenuation, spacing, _frame_labels(dataset, geometry.frames), meta)
+    if meta["site"] == "unknown":  # SDICOS's placeholder is no site
+        meta["site"] = None
+    meta["profile_overrides"] = intensity.overrides
+    for note in intensity.notes:
+        _assume(meta, note)
+    return DecodedImage(attenuation, spacing, channels, meta)
+
+
+def _assume(meta: dict[str, Any], note: str) -> None:
+    """Record an assumption in ``meta`` and warn about it: no silent guesses."""
+    meta.setdefault("assumptions", []).append(note)
+    warnings.warn(
+        f"{meta.get('path', '')}: {note}".lstrip(": "), ScanAssumptionWarning, stacklevel=3
+    )
+
+
+def _declared_channels(
+    path: Path, dataset: Dataset, frames: int, profile: ScannerProfile | None
+) -> list[str] | None:
+    """Channel names for the frames, refusing frames that are not declared energies."""
+    names = _frame_labels(dataset, frames)
+    if frames == 1:
+        return names
+    if names is None and profile is not None and profile.channels is not None:
+        names = list(profile.channels) if len(profile.channels) == frames else None
+    if names is None:
+        raise ScanReadError(
+            path,
+            f"{frames} frames: frames are read as energy channels only when the file"
+            " (FrameLabelVector naming each) or the scanner profile (channels) declares"
+            " them; a cine or a stack of images is not one scan",
+        )
+    return names
 
 
 def write_dicom(
@@ -144,28 +249,40 @@ def write_dicom(
     sign: Literal[1, -1] | None = None,
     transfer_syntax: str = ExplicitVRLittleEndian,
     bits: int = 16,
+    channel_index: int = 0,
+    channel_count: int = 1,
 ) -> None:
-    """Write ``scan`` as a DICOS DX (for presentation) file, one frame per channel.
+    """Write single-channel ``scan`` as one DICOS DX (for presentation) instance.
 
-    ``sign`` defaults to the one that makes viewers show air bright under
-    ``photometric``. Site and scan id go to InstitutionName and
-    SeriesDescription, channel names to FrameLabelVector (pointed at by
-    FrameIncrementPointer); every other identifying attribute is left empty.
+    ``channel_index`` of ``channel_count`` says which energy of a scan it
+    is (see :mod:`scanml.io.dicos`). ``sign`` defaults to the one that makes
+    viewers show air bright under ``photometric``. Site and scan id go to
+    InstitutionName and SeriesDescription, the channel name to
+    FrameLabelVector.
     """
     syntax = _check_write_options(scan, encoding, photometric, sign, transfer_syntax, bits)
+    if scan.attenuation.shape[0] != 1:
+        raise ValueError("a DICOS DX instance holds one channel: write one file per energy")
     if sign is None:
         sign = 1 if photometric == "MONOCHROME2" else -1
-    stored, slope = _encode_values(scan.attenuation, encoding, sign, bits)
-    dataset = _dicos_dx_dataset(scan, syntax)
+    stored, step = _encode_values(scan.attenuation, encoding, sign, bits)
+    full_scale = 2**bits - 1
+    dataset = dicos_dx_dataset(
+        scan, syntax, channel_index=channel_index, channel_count=channel_count
+    )
     dataset.PixelIntensityRelationship = encoding
     dataset.PixelIntensityRelationshipSign = sign
-    dataset.RescaleSlope = DSfloat(slope, auto_format=True)
+    # DICOS DX requires the identity modality LUT; LOG's scale goes to a Real
+    # World Value Mapping item instead.
+    dataset.RescaleSlope = "1"
     dataset.RescaleIntercept = "0"
     dataset.RescaleType = "US"
+    if encoding == "LOG":
+        dataset.RealWorldValueMappingSequence = [attenuation_mapping(step, full_scale)]
+    dataset.WindowCenter = DSfloat((full_scale + 1) / 2, auto_format=True)
+    dataset.WindowWidth = DSfloat(full_scale + 1, auto_format=True)
     dataset.SamplesPerPixel = 1
     dataset.PhotometricInterpretation = photometric
-    dataset.NumberOfFrames = stored.shape[0]
-    dataset.FrameIncrementPointer = Tag("FrameLabelVector")
     dataset.FrameLabelVector = list(scan.channels)
     dataset.Rows, dataset.Columns = stored.shape[1:]
     dataset.BitsAllocated = stored.dtype.itemsize * 8
@@ -173,9 +290,7 @@ def write_dicom(
     dataset.HighBit = bits - 1
     dataset.PixelRepresentation = 0
     if syntax.is_encapsulated:
-        dataset.compress(
-            syntax, stored if stored.shape[0] > 1 else stored[0], generate_instance_uid=False
-        )
+        dataset.compress(syntax, stored[0], generate_instance_uid=False)
     else:
         dataset.PixelData = stored.tobytes()
         dataset["PixelData"].VR = "OB" if stored.dtype.itemsize == 1 else "OW"
@@ -248,85 +363,6 @@ class _ImageGeometry:
         )
 
 
-@dataclass(frozen=True)
-class _IntensityEncoding:
-    """What the file says (or what is assumed) about its values' physics."""
-
-    relationship: Literal["LIN", "LOG"]
-    sign: int
-    relationship_assumed: bool
-    sign_assumed: bool
-
-    @classmethod
-    def of(cls, path: Path, dataset: Dataset, photometric: str) -> _IntensityEncoding:
-        relationship = str(dataset.get("PixelIntensityRelationship", "") or "").strip().upper()
-        relationship_assumed = not relationship
-        if relationship_assumed:
-            modality = str(dataset.get("Modality", "") or "").strip().upper()
-            if modality and modality not in PROJECTION_MODALITIES:
-                raise ScanReadError(
-                    path,
-                    f"modality {modality!r} is not a projection X-ray image and the file has"
-                    " no PixelIntensityRelationship saying how its values relate to intensity",
-                )
-            relationship = "LIN"
-        if relationship not in NATURAL_SIGN:
-            raise ScanReadError(
-                path,
-                f"PixelIntensityRelationship {relationship!r}: only LIN and LOG values carry"
-                " attenuation (DISP values were transformed for display)",
-            )
-        raw_sign = dataset.get("PixelIntensityRelationshipSign")
-        sign_assumed = raw_sign is None or raw_sign == ""
-        if sign_assumed:
-            sign = 1 if photometric == "MONOCHROME2" else -1
-        elif int(raw_sign) in (1, -1):
-            sign = int(raw_sign)
-        else:
-            raise ScanReadError(
-                path, f"PixelIntensityRelationshipSign {raw_sign!r} is not +1 or -1"
-            )
-        return cls(relationship, sign, relationship_assumed, sign_assumed)  # type: ignore[arg-type]
-
-
-def _to_attenuation(
-    path: Path,
-    stored: np.ndarray,
-    dataset: Dataset,
-    geometry: _ImageGeometry,
-    intensity: _IntensityEncoding,
-) -> tuple[np.ndarray, float]:
-    """Apply the modality LUT, the sign and the relationship (see the module doc)."""
-    values = _modality_output(stored, dataset)
-    full_scale = float(_modality_output(np.array([geometry.max_stored]), dataset)[0])
-    if not np.isfinite(full_scale) or full_scale <= 0:
-        raise ScanReadError(
-            path, f"full scale {full_scale} after the modality LUT is not a positive number"
-        )
-    if intensity.sign != NATURAL_SIGN[intensity.relationship]:
-        np.subtract(np.float32(full_scale), values, out=values)
-    if intensity.relationship == "LIN":
-        np.divide(values, np.float32(full_scale), out=values)
-        np.clip(values, 1.0 / max(geometry.max_stored, 1), 1.0, out=values)
-        np.log(values, out=values)
-        np.negative(values, out=values)
-    return values, full_scale
-
-
-def _modality_output(stored: np.ndarray, dataset: Dataset) -> np.ndarray:
-    """Stored values through the modality LUT, as float32."""
-    if "ModalityLUTSequence" in dataset:
-        return np.asarray(apply_modality_lut(stored, dataset), dtype=np.float32)
-    values = stored.astype(np.float32)
-    slope = _number(dataset, "RescaleSlope", 1.0)
-    intercept = _number(dataset, "RescaleIntercept", 0.0)
-    if slope != 1.0:
-        values *= np.float32(slope)
-    if intercept != 0.0:
-        values += np.float32(intercept)
-    return values
-
-
 def _require_decoder(path: Path, dataset: Dataset) -> None:
     """Fail with the install hint when no plugin can decode the transfer syntax."""
     syntax = dataset.file_meta.get("TransferSyntaxUID")
@@ -341,9 +377,10 @@ def _require_decoder(path: Path, dataset: Dataset) -> None:
     if not decoder.is_available:
         raise ScanReadError(
             path,
-            f"decoding {syntax.name} ({syntax}) needs the optional 'jpeg' extra:"
-            " pip install 'scanml[jpeg]' (pylibjpeg-libjpeg is GPL-3.0, so it is not"
-            " installed by default)",
+            f"no decoder for {syntax.name} ({syntax}) is installed: python-gdcm, part of"
+            " scanml's default install, decodes JPEG lossless and JPEG-LS (pip install"
+            " python-gdcm); the optional 'jpeg' extra (pip install 'scanml[jpeg]',"
+            " GPL-3.0) is another",
         )
 
 
@@ -369,6 +406,8 @@ def _file_spacing(path: Path, dataset: Dataset) -> tuple[tuple[float, float] | N
         if value in (None, ""):
             continue
         spacing = tuple(float(v) for v in _as_list(value))
+        if len(spacing) == 2 and spacing == (0.0, 0.0):
+            continue  # what some writers put for "not known"
         if len(spacing) != 2 or not all(np.isfinite(s) and s > 0 for s in spacing):
             raise ScanReadError(path, f"{keyword} {value!r} is not two positive numbers")
         return (spacing[0], spacing[1]), keyword
@@ -449,7 +488,7 @@ def _check_write_options(
 def _encode_values(
     attenuation: np.ndarray, encoding: str, sign: int, bits: int
 ) -> tuple[np.ndarray, float]:
-    """Stored values and the rescale slope that make the reader's mapping exact."""
+    """Stored values and the attenuation of one LOG step (1 for LIN)."""
     full_scale = 2**bits - 1
     # float32 holds every 16-bit count exactly and halves the cost of a large scan.
     attenuation = np.clip(attenuation, 0.0, None, dtype=np.float32)
@@ -464,59 +503,3 @@ def _encode_values(
     if sign != NATURAL_SIGN[encoding]:
         counts = full_scale - counts
     return counts.astype(np.uint8 if bits == 8 else np.uint16), slope
-
-
-def _dicos_dx_dataset(scan: Scan, syntax: UID) -> Dataset:
-    """The identifying and descriptive attributes; personal ones present but empty.
-
-    UIDs and the acquisition time come from ``scan.meta`` when it has them
-    (a scan read from DICOM, or a simulator that derives them from its seed,
-    so the same seed writes the same bytes); otherwise they are new.
-    """
-    meta = scan.meta
-    instance_uid = meta.get("sop_instance_uid") or generate_uid()
-    acquired = meta.get("acquisition_datetime")
-    now = (
-        datetime.datetime.fromisoformat(str(acquired))
-        if acquired
-        else datetime.datetime.now(datetime.UTC)
-    )
-    dataset = Dataset()
-    dataset.file_meta = FileMetaDataset()
-    dataset.file_meta.MediaStorageSOPClassUID = DICOS_DX_FOR_PRESENTATION
-    dataset.file_meta.MediaStorageSOPInstanceUID = instance_uid
-    dataset.file_meta.TransferSyntaxUID = syntax
-    dataset.SOPClassUID = DICOS_DX_FOR_PRESENTATION
-    dataset.SOPInstanceUID = instance_uid
-    dataset.StudyInstanceUID = meta.get("study_instance_uid") or generate_uid()
-    dataset.SeriesInstanceUID = meta.get("series_instance_uid") or generate_uid()
-    dataset.Modality = "DX"
-    dataset.ImageType = ["ORIGINAL", "PRIMARY"]
-    dataset.PresentationIntentType = "FOR PRESENTATION"
-    dataset.ContentDate = dataset.StudyDate = now.strftime("%Y%m%d")
-    dataset.ContentTime = dataset.StudyTime = now.strftime("%H%M%S")
-    dataset.TimezoneOffsetFromUTC = "+0000"
-    for keyword in (
-        "PatientName",
-        "PatientID",
-        "PatientBirthDate",
-        "PatientSex",
-        "ReferringPhysicianName",
-        "AccessionNumber",
-        "StudyID",
-        "Manufacturer",
-    ):
-        setattr(dataset, keyword, "")
-    dataset.SoftwareVersions = f"scanml {__version__}"
-    dataset.SeriesNumber = 1
-    dataset.InstanceNumber = 1
-    dataset.BurnedInAnnotation = "NO"
-    dataset.LossyImageCompression = "00"
-    if scan.meta.get("site") is not None:
-        dataset.InstitutionName = str(scan.meta["site"])
-    if scan.meta.get("scan_id") is not None:
-        dataset.SeriesDescription = str(scan.meta["scan_id"])
-    spacing = [DSfloat(value, auto_format=True) for value in scan.spacing_mm]
-    dataset.PixelSpacing = spacing
-    dataset.ImagerPixelSpacing = spacing
-    return dataset

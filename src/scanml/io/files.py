@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 from pydicom.uid import ExplicitVRLittleEndian
 
-from scanml.io.dicom import Encoding, Photometric, read_dicom, write_dicom
+from scanml.io.dicom import (
+    Encoding,
+    Photometric,
+    ScanAssumptionWarning,
+    read_dicom,
+    write_dicom,
+)
+from scanml.io.dicos import energy_partner_paths, with_scan_uids
 from scanml.io.errors import ScanReadError
 from scanml.io.npy import read_npy, write_npy
+from scanml.io.openbeam import normalise_open_beam
 from scanml.io.raster import read_png, read_tiff, write_png, write_tiff
 from scanml.io.scan import DecodedImage, Scan
+from scanml.profiles import OpenBeam, ProfileRegistry, ScannerProfile, default_registry
 
 # Decoded images larger than this are refused unread: 1 GiB holds a
 # 25-megapixel dual-energy scan in float32 five times over.
@@ -49,6 +59,8 @@ def read_scan(
     channels: Sequence[str] | None = None,
     site: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    profile: ScannerProfile | str | None = None,
+    profiles: ProfileRegistry | None = None,
 ) -> Scan:
     """Read a scan file as float32 log-attenuation [C, H, W].
 
@@ -70,12 +82,36 @@ def read_scan(
     and its float32 attenuation) and the file size; both are checked before
     decoding. Raises ScanReadError, and no other exception, for any file
     that cannot be read; ValueError for invalid arguments.
+
+    Scanner profiles (:mod:`scanml.profiles`) supply what files leave out:
+    ``profile`` (one, or its name in ``profiles``) applies to this file;
+    otherwise the first profile of ``profiles`` (default: the folder
+    :func:`scanml.profiles.default_registry` names) matching the file's
+    Manufacturer/model/station, else ``site``, is applied. Its spacing is
+    used where the file and ``spacing_mm`` give none. The open beam is then
+    brought to attenuation 0 (:mod:`scanml.io.openbeam`; by default
+    estimated per row from the scan's air), recorded in ``meta["open_beam"]``.
+    What the reader had to assume is in ``meta["assumptions"]`` and was
+    warned about (:class:`scanml.io.dicom.ScanAssumptionWarning`).
     """
     path = Path(path)
     fallback_spacing = _spacing_argument(spacing_mm)
+    chosen = _chosen_profile(profile, profiles)
+
+    def resolve(equipment: Mapping[str, str | None] | None) -> ScannerProfile | None:
+        if chosen is not None:
+            return chosen
+        known = profiles if profiles is not None else default_registry()
+        return known.match(equipment or {}, site)
+
     try:
-        decoded = _reader_for(path)(path, max_bytes=max_bytes)
-        return _to_scan(path, decoded, fallback_spacing, channels, site)
+        reader = _reader_for(path)
+        if reader is read_dicom:
+            decoded = read_dicom(path, max_bytes=max_bytes, resolve_profile=resolve)
+        else:
+            decoded = reader(path, max_bytes=max_bytes)
+        applied = resolve(decoded.meta.get("equipment"))
+        return _to_scan(path, decoded, fallback_spacing, channels, site, applied)
     except ScanReadError:
         raise
     except Exception as exc:  # untrusted input: every failure becomes the one error type
@@ -94,9 +130,12 @@ def write_scan(
 ) -> Path:
     """Write ``scan`` in the format its suffix names; returns the path.
 
-    ``.dcm``/``.dicom``/``.dcs``: a DICOS DX file (see
-    :func:`scanml.io.dicom.write_dicom`); ``encoding`` defaults to LOG, and
-    the other keywords apply to DICOM only. ``.tif``/``.tiff`` (one page per
+    ``.dcm``/``.dicom``/``.dcs``: DICOS DX as SDICOS reads it (see
+    :mod:`scanml.io.dicos`), one instance per energy: a dual-energy scan
+    written to ``x.dcm`` is ``x.dcm`` (high) and ``x.low.dcm`` (named for
+    the second channel), which :func:`read_scan` of ``x.dcm`` reads back
+    together; ``encoding`` defaults to LOG, and the other keywords apply to
+    DICOM only. ``.tif``/``.tiff`` (one page per
     channel) and ``.png`` (one channel): 16-bit LIN transmission. ``.npy``:
     float32 attenuation. The file appears whole or not at all: it is
     written beside the target and renamed, so a killed job leaves no
@@ -112,7 +151,7 @@ def write_scan(
             "transfer_syntax": transfer_syntax,
             "bits": bits,
         }
-        _write_atomically(path, lambda target: write_dicom(scan, target, **options))
+        _write_dicos(scan, path, options)
         return path
     writers = {".tif": write_tiff, ".tiff": write_tiff, ".png": write_png, ".npy": write_npy}
     if suffix not in writers:
@@ -131,6 +170,22 @@ def write_scan(
         raise ValueError(f"{suffix} files hold {expected} values, not {encoding}")
     _write_atomically(path, lambda target: writers[suffix](scan, target))
     return path
+
+
+def _write_dicos(scan: Scan, path: Path, options: dict) -> None:
+    """One DICOS DX instance per energy: the first at ``path``, the others beside it."""
+    count = len(scan.channels)
+    targets = energy_partner_paths(path, scan.channels)
+    meta = with_scan_uids(scan.meta)
+    for index, target in enumerate(targets):
+        single = Scan(
+            scan.attenuation[index : index + 1], scan.spacing_mm, [scan.channels[index]], meta
+        )
+
+        def write(partial: Path, single: Scan = single, index: int = index) -> None:
+            write_dicom(single, partial, channel_index=index, channel_count=count, **options)
+
+        _write_atomically(target, write)
 
 
 def _reader_for(path: Path) -> Reader:
@@ -159,29 +214,69 @@ def _to_scan(
     fallback_spacing: tuple[float, float] | None,
     channels: Sequence[str] | None,
     site: str | None,
+    profile: ScannerProfile | None,
 ) -> Scan:
     """The checks and defaults that every format shares."""
     attenuation = decoded.attenuation
     if not np.isfinite(attenuation).all():
         raise ScanReadError(path, "the image holds NaN or infinite values")
+    meta = {"path": str(path), "spacing_source": "argument", "assumptions": [], **decoded.meta}
+    if meta.get("encoding") != "ATTENUATION":
+        _normalise_open_beam(path, attenuation, meta, profile)
     np.maximum(attenuation, 0.0, out=attenuation)
     spacing = decoded.spacing_mm or fallback_spacing
+    if spacing is None and profile is not None and profile.spacing_mm is not None:
+        spacing, meta["spacing_source"] = profile.spacing_mm, f"profile {profile.name}"
     if spacing is None:
         raise ScanReadError(
             path,
             f"the {decoded.meta.get('format', '')} file carries no pixel spacing:"
-            " pass spacing_mm=(row_mm, column_mm)",
+            " pass spacing_mm=(row_mm, column_mm), or add a scanner profile with spacing_mm",
         )
     count = attenuation.shape[0]
-    names = list(channels or decoded.channels or _default_channels(count))
+    profile_names = list(profile.channels) if profile and profile.channels else None
+    if profile_names is not None and len(profile_names) != count:
+        profile_names = None
+    names = list(channels or decoded.channels or profile_names or _default_channels(count))
     if len(names) != count:
         raise ScanReadError(
             path, f"the file holds {count} channel(s) but {names} name(s) were given"
         )
-    meta = {"path": str(path), "spacing_source": "argument", **decoded.meta}
     meta["scan_id"] = meta.get("scan_id") or path.stem
     meta["site"] = site if site is not None else meta.get("site")
+    meta["profile"] = profile.name if profile is not None else None
+    if profile is not None:
+        meta["ooi_type"] = profile.ooi_type
     return Scan(attenuation, spacing, names, meta)
+
+
+def _normalise_open_beam(
+    path: Path, attenuation: np.ndarray, meta: dict, profile: ScannerProfile | None
+) -> None:
+    """Air to attenuation 0, as the profile says or estimated; a failed estimate is said."""
+    open_beam = profile.open_beam if profile is not None else OpenBeam()
+    result = normalise_open_beam(attenuation, open_beam)
+    meta["open_beam"] = result.record
+    if not result.found:
+        note = (
+            f"open beam not found ({result.record.get('note')}): air assumed at full scale;"
+            " if the values are LOG labelled LIN, or the air level is known, a scanner"
+            " profile settles it"
+        )
+        meta["assumptions"].append(note)
+        warnings.warn(f"{path}: {note}", ScanAssumptionWarning, stacklevel=4)
+
+
+def _chosen_profile(
+    profile: ScannerProfile | str | None, profiles: ProfileRegistry | None
+) -> ScannerProfile | None:
+    if profile is None or isinstance(profile, ScannerProfile):
+        return profile
+    registry = profiles if profiles is not None else default_registry()
+    try:
+        return registry.get(profile)
+    except KeyError as exc:
+        raise ValueError(str(exc.args[0])) from exc
 
 
 def _default_channels(count: int) -> list[str]:
