@@ -76,7 +76,7 @@ def test_scans_in_reports_back_and_a_rerun_scores_nothing_twice(
         "--workers",
         "0",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env())
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=_env())
     assert done.returncode == 0, done.stderr
 
     table = pd.read_parquet(out)

@@ -23,8 +23,8 @@ from scanml.cli import main
 from scanml.dicomweb import committed_rows
 from scanml.tdr import TDR_SOP_CLASS_UID, read_tdr
 
-# Generous: on a saturated 2-core machine (nice 19 under training) one scan took 25 s.
-_TIMEOUT_S = 600.0
+# Generous: on a saturated 2-core machine (nice 19 under training) one scan took 25-60 s.
+_TIMEOUT_S = 900.0
 
 
 def test_watch_refuses_a_missing_folder_in_one_line(
@@ -53,7 +53,7 @@ def test_watch_refuses_a_missing_folder_in_one_line(
 def test_sigkilled_three_times_while_scans_arrive_every_scan_is_scored_once(
     trained_model, tmp_path: Path
 ) -> None:
-    scans = sorted((trained_model.data_dir / "scans").glob("*.dcm"))
+    scans = sorted((trained_model.data_dir / "scans").glob("*.dcm"))[:10]
     inbox, out, reports = tmp_path / "inbox", tmp_path / "scores.parquet", tmp_path / "tdr"
     inbox.mkdir()
     # Scans keep arriving (renamed into place, as a transfer job does) while the service dies.
