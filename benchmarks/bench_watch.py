@@ -226,7 +226,9 @@ class _StoreLane:
                 metadata = self.client.retrieve_instance_metadata(
                     item["0020000D"]["Value"][0], item["0020000E"]["Value"][0], uid
                 )
-                about = metadata["00081199"]["Value"][0]["00081155"]["Value"][0]
+                # Referenced Study Sequence (scanml's TDRs), else Referenced SOP Sequence.
+                sequence = metadata.get("00081110") or metadata["00081199"]
+                about = sequence["Value"][0]["00081155"]["Value"][0]
                 self.finished.setdefault(self.names.get(about, about), now)
 
     def close(self) -> None:

@@ -155,3 +155,12 @@ class OrthancServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def referenced_scan(report: pydicom.Dataset, folder: Path) -> str:
+    """The SOP Instance UID of the scan a fetched report is about, read by scanml.tdr.read_tdr."""
+    from scanml.tdr import read_tdr
+
+    path = folder / f"{report.SOPInstanceUID}.dcm"
+    report.save_as(path, enforce_file_format=True)
+    return read_tdr(path).referenced_sop_instance_uid

@@ -11,7 +11,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from orthanc_server import OrthancServer, missing_reason
+from orthanc_server import OrthancServer, missing_reason, referenced_scan
 from scanml.cli import main
 from scanml.dicomweb import parse_dicomweb_url, score_dicomweb
 from scanml.tdr import TDR_SOP_CLASS_UID
@@ -89,7 +89,7 @@ def test_scans_in_reports_back_and_a_rerun_scores_nothing_twice(
     # Each scored scan has exactly one report in the store, about it, saying what the table says.
     reports = orthanc.reports()
     assert len(reports) == 4
-    about = {str(r.ReferencedSOPSequence[0].ReferencedSOPInstanceUID): r for r in reports}
+    about = {referenced_scan(r, tmp_path): r for r in reports}
     assert set(about) == set(scored["scan_id"])
     for row in scored.itertuples():
         report = about[row.scan_id]

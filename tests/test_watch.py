@@ -18,7 +18,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from orthanc_server import OrthancServer, free_port, missing_reason
+from orthanc_server import OrthancServer, free_port, missing_reason, referenced_scan
 from scanml.cli import main
 from scanml.dicomweb import committed_rows
 from scanml.tdr import TDR_SOP_CLASS_UID, read_tdr
@@ -142,7 +142,7 @@ def test_orthanc_stopped_and_restarted_under_watch_loses_nothing(
     finally:
         orthanc.stop()
     uids = {str(pydicom.dcmread(s, stop_before_pixels=True).SOPInstanceUID) for s in scans}
-    about = [str(r.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for r in reports]
+    about = [referenced_scan(r, tmp_path) for r in reports]
     assert sorted(about) == sorted(uids), "exactly one report per scan in the store"
     table = pd.read_parquet(out)
     assert set(table["scan_id"]) == uids and len(table) == 4
