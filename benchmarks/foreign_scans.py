@@ -468,6 +468,22 @@ def _cab(cv: Canvas, x0: float, x1: float, rng: np.random.Generator, facing_left
     rect(FE, 0.4, 0.85, floor + 0.3, floor + 0.4, 2 * 1.0 * STEEL)
     rect(ORG, 0.1, 0.4, roof - 1.3, roof - 0.9, 220 * 0.12)
     rect(ORG, cab_len - 0.8, cab_len - 0.05, floor + 0.6, floor + 0.75, 200 * 0.1)
+    # Steering wheel (a steel-cored rim seen almost edge-on) and its column.
+    tilt = 1.1 if facing_left else -1.1
+    cv.rotated_rect(FE, f(0.55), floor + 0.95, 0.42, 0.035, tilt, 4 * 0.6 * STEEL)
+    cv.rotated_rect(FE, f(0.4), floor + 0.7, 0.5, 0.04, tilt - 0.4, 2 * 1.5 * STEEL)
+    # Batteries (lead plates) and air tanks on the frame behind the cab.
+    rect(FE, cab_len + 0.15, cab_len + 0.65, 0.55, 0.85, 50 * 1.6)
+    for zt in (0.62, 0.95):
+        a, b = sorted((f(cab_len + 0.75), f(cab_len + 1.55)))
+        cv.paint(
+            FE,
+            a,
+            b,
+            zt - 0.12,
+            zt + 0.12,
+            lambda xs, zs, zt=zt: 0 * xs + _ring_chord(zs - zt, 0.12, 0.116) * 100 * STEEL * 0.5,
+        )
     # Engine block under the cab and gearbox behind it.
     eng_z = floor - 0.05
     rect(FE, 0.3, 1.25, eng_z - 0.85, eng_z, 70 * 7.2 * rng.uniform(0.25, 0.35))
@@ -1273,7 +1289,7 @@ def _cars(cv: Canvas, x0, x1, box: Box3, rng, slots) -> str:
     x = x0 + rng.uniform(0.1, 0.4)
     count = 0
     while x + 3.8 < x1:
-        length = rng.uniform(3.8, 4.8)
+        length = min(rng.uniform(3.8, 4.8), x1 - x - 0.02)
         height = rng.uniform(1.4, min(1.75, box.z1 - box.z0 - 0.1))
         wr = rng.uniform(0.29, 0.34)
         zg = box.z0
@@ -1386,7 +1402,7 @@ def _load(cv: Canvas, box: Box3, rng: np.random.Generator, slots: list[Slot]) ->
     for kind, s0, s1 in zip(kinds, edges[:-1], edges[1:], strict=True):
         if s1 - s0 < 1.3:
             continue
-        if kind == "cars" and s1 - s0 < 3.9:
+        if kind == "cars" and s1 - s0 < 4.3:
             kind = "cartons"
         fn = CARGO[kind]
         if kind == "cartons":
@@ -1660,9 +1676,9 @@ def _add_threats(cv: Canvas, slots: list[Slot], n: int, rng) -> list[Threat]:
     tries = 0
     while len(threats) < n and tries < 60:
         tries += 1
-        kind = str(rng.choice(["drugs", "cigarettes", "weapon"], p=[0.55, 0.2, 0.25]))
+        kind = str(rng.choice(["drugs", "cigarettes", "weapon"], p=[0.5, 0.25, 0.25]))
         if kind == "cigarettes":
-            cands = [s for s in slots if s.cells and s.host_rho < 0.3]
+            cands = [s for s in slots if s.cells and s.host_rho < 0.32]
         elif kind == "weapon":
             cands = [s for s in slots if s.kind in ("cargo", "cartons", "door", "free", "wall")]
         else:
@@ -1889,9 +1905,13 @@ def _write_dicom(
         ds.RescaleSlope = f"{writer.rescale_lin[0]:g}"
         ds.RescaleIntercept = f"{writer.rescale_lin[1]:g}"
         ds.RescaleType = "US"
-    lo, hi = float(pixels.min()), float(pixels.max())
-    ds.WindowCenter = f"{(lo + hi) / 2:.1f}"
-    ds.WindowWidth = f"{max(hi - lo, 1):.1f}"
+    # The VOI window is in modality-LUT output units (after RescaleSlope/Intercept).
+    slope = float(ds.get("RescaleSlope", 1.0))
+    intercept = float(ds.get("RescaleIntercept", 0.0))
+    lo = float(pixels.min()) * slope + intercept
+    hi = float(pixels.max()) * slope + intercept
+    ds.WindowCenter = f"{(lo + hi) / 2:.6g}"
+    ds.WindowWidth = f"{max(hi - lo, slope):.6g}"
     if writer.rle:
         ds.PixelData = pixels.tobytes()
         try:

@@ -74,3 +74,44 @@ def test_flat_params_and_round_trip(tmp_path: Path) -> None:
     assert flat["augment.tip.rate"] == config.augment.tip.rate
     saved = config.save(tmp_path / "resolved.yaml")
     assert load_config(saved) == config
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("train.epochs=1.0e+30", "train.epochs: "),
+        ("train.epochs=100000", "train.epochs: Input should be less than or equal to 10000"),
+        ("train.lr=.inf", "train.lr: Input should be a finite number"),
+        ("train.lr=.nan", "train.lr: Input should be a finite number"),
+        ("train.batch_size=1000000000", "train.batch_size: Input should be less than"),
+        ("data.num_workers=100000", "data.num_workers: Input should be less than"),
+        ("model.spacing_mm=.nan", "model.spacing_mm: Input should be a finite number"),
+        ("augment.tip.depth=[.nan, 1]", "augment.tip.depth.0: Input should be a finite number"),
+        ("augment.gain=[1.2, 0.8]", "low <= high"),
+        ("validation.target_far=.inf", "validation.target_far: Input should be a finite number"),
+        ("tracking.timeout_s=.inf", "tracking.timeout_s"),
+        ("seed=-1", "seed: Input should be greater than or equal to 0"),
+        ("tracking.run_name=../../x", "tracking.run_name: Value error, run_name '../../x'"),
+        ("tracking.run_name=/etc/cron.d", "tracking.run_name"),
+        ("tracking.run_name=.hidden", "tracking.run_name"),
+    ],
+)
+def test_values_without_physical_or_practical_sense_are_refused_at_load(
+    override: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(CONFIGS / "smoke.yaml", [override])
+    assert words in str(caught.value)
+
+
+def test_nan_in_a_yaml_file_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nan.yaml"
+    path.write_text("train:\n  lr: .nan\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"nan\.yaml: train\.lr: Input should be a finite number"):
+        load_config(path)
+
+
+def test_a_plain_run_name_is_kept() -> None:
+    assert load_config(overrides=["tracking.run_name=lr 3e-4_b+2"]).tracking.run_name == (
+        "lr 3e-4_b+2"
+    )

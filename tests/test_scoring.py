@@ -3,23 +3,41 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import pydicom
 import pytest
+from mlflow import MlflowClient
 
+from hostile_files import rle_panic, spacing_edit
+from scanml.cli import main
+from scanml.decode_pool import guarded_map
 from scanml.io import Scan, read_scan, write_scan
 from scanml.models import ModelBundle, create_model
 from scanml.predict import Predictor
 from scanml.preprocess import Preprocessing
-from scanml.scoring import SCORE_COLUMNS, SCORES_SCHEMA, resolve_inputs, score, score_paths
+from scanml.score_rows import ScanTooLargeError, check_model_grid
+from scanml.scores_table import ScoresTable
+from scanml.scoring import (
+    SCORE_COLUMNS,
+    SCORES_SCHEMA,
+    ScoringError,
+    resolve_inputs,
+    score,
+    score_paths,
+)
 from scanml.tdr import read_tdr
 
 GOOD = ["a-01", "a-02", "b-01", "b-02", "b-03"]
@@ -298,3 +316,422 @@ def test_a_killed_job_rerun_scores_every_file_exactly_once(model_dir: Path, tmp_
     assert sorted(rows.loc[rows["error"].notna(), "scan_id"]) == CORRUPT
     assert rows.loc[rows["error"].isna(), "overlay"].map(lambda p: Path(p).is_file()).all()
     assert not parts.exists()
+
+
+# -- hostile input and bad days (issue 9; issue 10 bugs 2 and 3) ---------------------------
+
+
+def scan_count_rows(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out).set_index("scan_id")
+
+
+def test_a_panicking_decoder_costs_one_row_among_30_good_scans(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    write_scans(inbox, [f"g-{index:02d}" for index in range(30)], shape=(64, 128))
+    rle_panic(inbox)
+    out = tmp_path / "scores.parquet"
+    summary = score(str(model_dir), inbox, out, workers=1, progress=False)
+    rows = pd.read_parquet(out)
+    assert len(rows) == 31 and rows["error"].isna().sum() == 30
+    assert (summary.scanned, summary.failed) == (30, 1)
+    failed = rows.loc[rows["error"].notna()].iloc[0]
+    assert failed["scan_id"] == "rle-panic" and "panicked" in failed["error"]
+    # A rerun does not retry it (it would panic again) unless asked.
+    again = score(str(model_dir), inbox, out, workers=1, progress=False)
+    assert (again.scanned, again.failed, again.skipped) == (0, 0, 31)
+    retried = score(str(model_dir), inbox, out, workers=1, progress=False, retry_failed=True)
+    assert (retried.failed, retried.skipped) == (1, 30)
+
+
+def _decode_or_die(task: str) -> str:
+    """A task function for the pool: some tasks kill, hang or panic their own process."""
+    if task == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
+    if task == "hangs":
+        time.sleep(60)
+    if task == "exits":
+        os._exit(3)
+    if task == "raises":
+        raise ValueError("bad bytes")
+    return f"decoded {task}"
+
+
+def test_a_worker_that_dies_hangs_or_raises_costs_only_its_own_task() -> None:
+    tasks = ["a", "killed", "b", "hangs", "c", "exits", "raises", "d"]
+    started = time.monotonic()
+    results = dict(
+        guarded_map(
+            lambda task: (task, _decode_or_die(task)),
+            tasks,
+            workers=2,
+            on_failure=lambda task, reason: (task, f"failed: {reason}"),
+            timeout_s=3.0,
+        )
+    )
+    assert time.monotonic() - started < 30
+    assert {task: results[task] for task in "abcd"} == {t: f"decoded {t}" for t in "abcd"}
+    assert "SIGKILL" in results["killed"] and "out-of-memory" in results["killed"]
+    assert "longer than 3 s" in results["hangs"]
+    assert "exited with status 3" in results["exits"]
+    assert results["raises"] == "failed: ValueError: bad bytes"
+
+
+def test_a_forged_spacing_is_refused_before_resampling(model_dir: Path, tmp_path: Path) -> None:
+    spacing_edit(tmp_path, "64", "coarse.dcm", (1000, 1600))
+    spacing_edit(tmp_path, "1e-300", "fine.dcm", (64, 64))
+    started = time.monotonic()
+    score(str(model_dir), tmp_path, tmp_path / "scores.parquet", workers=0, progress=False)
+    assert time.monotonic() - started < 30
+    rows = scan_count_rows(tmp_path / "scores.parquet")
+    assert "64 x 64 mm is outside the plausible range" in rows.loc["coarse", "error"]
+    assert "1e-300 x 1e-300 mm is outside" in rows.loc["fine", "error"]
+    # Within the plausible range, the size on the model's grid is bounded too.
+    scan = Scan(np.zeros((1, 2000, 3000), np.float32), (40.0, 40.0), ["high"], {})
+    with pytest.raises(ScanTooLargeError, match="over the budget of 40000000 pixels"):
+        check_model_grid(scan, Preprocessing(channels=("high",), spacing_mm=8.0))
+
+
+@contextlib.contextmanager
+def read_only_folder(path: Path):
+    """A real read-only file system (tmpfs mounted ro): root ignores folder permissions."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_read_only_overlay_folder_keeps_the_scores_and_lists_the_overlays_as_failed(
+    model_dir: Path, scan_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "scores.parquet"
+    with read_only_folder(tmp_path / "read-only") as overlays:
+        summary = score(str(model_dir), scan_dir, out, overlays=overlays, threshold=0.0, workers=1)
+    assert "--overlays" in capsys.readouterr().err
+    rows = pd.read_parquet(out)
+    scored = rows[rows["error"].isna()]
+    assert len(scored) == 5 and scored["score"].notna().all() and scored["flagged"].all()
+    assert scored["output_error"].str.contains("overlay: OSError: .*Read-only file system").all()
+    assert scored["overlay"].isna().all()
+    assert (summary.scanned, summary.flagged, summary.outputs_failed) == (5, 5, 5)
+    assert "outputs failed 5" in str(summary)
+    # A rerun with a writable folder writes what was missing, and only that.
+    again = score(
+        str(model_dir), scan_dir, out, overlays=tmp_path / "ok", threshold=0.0, progress=False
+    )
+    assert (again.scanned, again.skipped, again.outputs_failed) == (5, 3, 0)
+    rows = pd.read_parquet(out)
+    assert rows["output_error"].isna().all() and rows["overlay"].notna().sum() == 5
+
+
+def test_an_overlay_that_cannot_be_written_never_costs_its_score(
+    model_dir: Path, scan_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "overlays" / "a-01.png").mkdir(parents=True)  # a folder where the PNG goes
+    score(
+        str(model_dir),
+        scan_dir,
+        tmp_path / "scores.parquet",
+        overlays=tmp_path / "overlays",
+        tdr=tmp_path / "tdr",
+        threshold=0.0,
+        workers=0,
+        progress=False,
+    )
+    rows = scan_count_rows(tmp_path / "scores.parquet")
+    assert pd.notna(rows.loc["a-01", "score"]) and pd.isna(rows.loc["a-01", "error"])
+    assert rows.loc["a-01", "output_error"].startswith("overlay: IsADirectoryError")
+    assert Path(rows.loc["a-01", "tdr"]).is_file()
+    assert rows.drop(index="a-01")["output_error"].isna().all()
+
+
+def test_an_unwritable_out_is_refused_before_any_scan_is_read(
+    model_dir: Path, scan_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ScoringError, match=r"--out .*cannot write into"):
+        score(str(model_dir), scan_dir, tmp_path / "file" / "scores.parquet", progress=False)
+
+
+def test_a_replaced_file_is_rescored_and_a_restored_one_retried(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    write_scans(inbox, ["r-01", "r-02"])
+    (tmp_path / "manifest.csv").write_text("path\ninbox/r-01.dcm\ninbox/r-02.dcm\ninbox/r-03.dcm\n")
+    out = tmp_path / "scores.parquet"
+    score(str(model_dir), tmp_path / "manifest.csv", out, workers=0, progress=False)
+    before = scan_count_rows(out)
+    assert "no such file" in before.loc["r-03", "error"]
+
+    other = Scan(np.full((1, 120, 90), 3.0, np.float32), (4.0, 4.0), ["high"], {"scan_id": "x"})
+    write_scan(other, inbox / "r-01.dcm")  # replaced by a different scan
+    write_scans(inbox, ["r-03"])  # restored
+    summary = score(str(model_dir), tmp_path / "manifest.csv", out, workers=0, progress=False)
+    assert (summary.scanned, summary.skipped) == (2, 1)
+    after = scan_count_rows(out)
+    assert len(after) == 3
+    assert after.loc["r-01", "height"] == 120 and after.loc["r-01", "score"] != pytest.approx(
+        before.loc["r-01", "score"]
+    )
+    assert after.loc["r-01", "fingerprint"] != before.loc["r-01", "fingerprint"]
+    assert pd.isna(after.loc["r-03", "error"]) and pd.notna(after.loc["r-03", "score"])
+    assert after.loc["r-02", "seconds"] == before.loc["r-02", "seconds"]  # kept, not rescored
+
+
+def test_a_second_job_on_the_same_table_is_refused_in_one_line(
+    model_dir: Path, scan_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "scores.parquet"
+    with ScoresTable.open(out):  # a job holds the table (a separate open file: flock conflicts)
+        status = main(
+            ["score", "--model", str(model_dir), "--input", str(scan_dir), "--out", str(out)]
+        )
+    assert status == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"scanml score: error: another scoring job is writing {out} (it holds"
+        f" {tmp_path / '.scores.parquet.lock'}); wait for it to finish, or write to another --out"
+    ]
+    assert not out.exists() and not (tmp_path / ".scores.parquet.lock").exists()
+
+
+_HOLD_THE_LOCK = """
+import os, sys, time
+from pathlib import Path
+from scanml.scores_table import ScoresTable, TableLockedError
+out, inside = Path(sys.argv[1]), Path(sys.argv[2])
+entered = refused = overlaps = 0
+deadline = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    try:
+        with ScoresTable.open(out):
+            try:
+                os.close(os.open(inside, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                overlaps += 1
+                continue
+            entered += 1
+            time.sleep(0.0005)
+            os.unlink(inside)
+    except TableLockedError:
+        refused += 1
+print(entered, refused, overlaps)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_racing_for_one_table_are_never_both_inside(tmp_path: Path) -> None:
+    out, inside = tmp_path / "scores.parquet", tmp_path / "inside"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _HOLD_THE_LOCK, str(out), str(inside), "4"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    reports = [racer.communicate(timeout=120) for racer in racers]
+    assert all(racer.returncode == 0 for racer in racers), [err for _, err in reports]
+    counts = [tuple(int(n) for n in stdout.split()) for stdout, _ in reports]
+    assert all(overlaps == 0 for _, _, overlaps in counts), counts
+    assert all(entered > 10 for entered, _, _ in counts), counts  # both got in, in turns
+    assert sum(refused for _, refused, _ in counts) > 0, counts  # and they did contend
+
+
+def test_manifest_paths_stay_inside_the_manifest_folder_and_duplicates_are_reported(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    write_scans(data, ["m-01"])
+    write_scans(tmp_path, ["outside"])
+    (data / "manifest.csv").write_text(
+        "scan_id,path\nm-01,m-01.dcm\nclimb,../outside.dcm\nshadow,/etc/shadow\n"
+        "nothing,/etc/no-such-file\nagain,./m-01.dcm\n"
+    )
+    out = tmp_path / "scores.parquet"
+    summary = score(str(model_dir), data / "manifest.csv", out, workers=0, progress=False)
+    assert summary.duplicates == 1 and "duplicate rows 1" in str(summary)
+    rows = scan_count_rows(out)
+    assert list(rows.index) == ["m-01", "climb", "shadow", "nothing"]
+    assert pd.notna(rows.loc["m-01", "score"])
+    for scan_id in ("climb", "shadow", "nothing"):
+        assert rows.loc[scan_id, "error"].startswith("InputRefused: manifest.csv row")
+        assert "lies outside the manifest's folder" in rows.loc[scan_id, "error"]
+        assert pd.isna(rows.loc[scan_id, "fingerprint"])  # never even looked at
+    # An existing and a missing file outside are refused in the same words.
+    assert rows.loc["shadow", "error"].split("'")[2] == rows.loc["nothing", "error"].split("'")[2]
+
+    allowed = score(
+        str(model_dir), data / "manifest.csv", out, workers=0, progress=False, allow_outside=True
+    )
+    assert allowed.scanned == 1  # ../outside.dcm; /etc/shadow is no scan
+    assert pd.notna(scan_count_rows(out).loc["climb", "score"])
+
+
+def test_a_threshold_that_is_no_number_and_a_file_that_is_no_model_are_refused(
+    model_dir: Path, scan_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "scores.parquet"
+    with pytest.raises(ScoringError, match=r"--threshold nan: not a finite number"):
+        score(str(model_dir), scan_dir, out, threshold=float("nan"), progress=False)
+    (model_dir.parent / "notes.txt").write_text("not a model")
+    with pytest.raises(ScoringError, match=r"notes\.txt: a file, but not a model's model\.json"):
+        score(str(model_dir.parent / "notes.txt"), scan_dir, out, progress=False)
+    broken = tmp_path / "nan-model"
+    shutil.copytree(model_dir, broken)
+    config = json.loads((broken / "model.json").read_text())
+    (broken / "model.json").write_text(json.dumps({**config, "threshold": float("nan")}))
+    with pytest.raises(ScoringError, match=r"its threshold nan is not a finite number"):
+        score(str(broken), scan_dir, out, progress=False)
+    assert not out.exists()
+
+
+def test_a_table_records_its_model_version_and_never_mixes_two(
+    model_dir: Path, scan_dir: Path, mlflow_uri: str, tmp_path: Path
+) -> None:
+    client = MlflowClient(mlflow_uri)
+    client.create_registered_model("scanml-test")
+    for _ in range(2):
+        client.create_model_version("scanml-test", source=str(model_dir))
+    client.set_registered_model_alias("scanml-test", "champion", "1")
+    out = tmp_path / "scores.parquet"
+    uri = "models:/scanml-test@champion"
+    score(uri, scan_dir, out, tdr=tmp_path / "tdr", workers=0, progress=False)
+    rows = pd.read_parquet(out)
+    assert (rows["model_name"] == "scanml-test").all() and (rows["model_version"] == "1").all()
+    assert (rows["model_uri"] == uri).all()
+    report = pydicom.dcmread(rows["tdr"].dropna().iloc[0])
+    assert "models:/scanml-test@champion = scanml-test version 1" in str(report)
+
+    client.set_registered_model_alias("scanml-test", "champion", "2")  # a promote
+    before = out.read_bytes()
+    with pytest.raises(ScoringError) as refused:
+        score(uri, scan_dir, out, workers=0, progress=False)
+    message = str(refused.value)
+    assert "holds scores of scanml-test version 1" in message
+    assert "is now scanml-test version 2" in message and "new --out" in message
+    assert out.read_bytes() == before
+    score(uri, scan_dir, tmp_path / "v2.parquet", workers=0, progress=False)
+    assert (pd.read_parquet(tmp_path / "v2.parquet")["model_version"] == "2").all()
+
+
+class _SilentServer:
+    """Accepts connections and never answers: a hung tracking server."""
+
+    def __init__(self) -> None:
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.connections.append(self.socket.accept()[0])
+
+    def close(self) -> None:
+        self.socket.close()
+        for connection in self.connections:
+            connection.close()
+
+
+@pytest.fixture
+def restored_environment():
+    """Scoring bounds MLflow's HTTP calls through environment variables: undo that after."""
+    saved = dict(os.environ)
+    for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        os.environ.pop(name, None)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", ["refused", "hung"])
+def test_a_tracking_server_that_is_down_fails_scoring_in_under_30_s(
+    server: str,
+    scan_dir: Path,
+    tmp_path: Path,
+    restored_environment: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    silent = _SilentServer() if server == "hung" else None
+    if silent is None:
+        with socket.create_server(("127.0.0.1", 0)) as closed:
+            port = closed.getsockname()[1]  # free, and nobody listens once closed
+    else:
+        port = silent.port
+    os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
+    out = tmp_path / "scores.parquet"
+    started = time.monotonic()
+    try:
+        status = main(
+            [
+                "score",
+                "--model",
+                "models:/scanml-anomaly@champion",
+                "--input",
+                str(scan_dir),
+                "--out",
+                str(out),
+            ]
+        )
+    finally:
+        if silent is not None:
+            silent.close()
+    elapsed = time.monotonic() - started
+    assert elapsed < 30, f"took {elapsed:.0f} s"
+    assert status == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"scanml score: error: the tracking server http://127.0.0.1:{port} is unreachable"
+        f" ({'connection refused' if server == 'refused' else 'no answer in time'}):"
+        " is it running?"
+    ]
+    assert not out.exists()
+
+
+_ORPHANED_WORKERS = """
+import os, sys, time
+from scanml.decode_pool import guarded_map
+
+def slow(task):
+    print(os.getpid(), flush=True)
+    time.sleep(task)
+    return task
+
+for _ in guarded_map(slow, [2.0, 2.0, 60.0], workers=2, on_failure=lambda task, why: why):
+    pass
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in state  # a zombie has exited; nobody may reap it in a container
+
+
+def test_decoding_workers_exit_when_the_job_is_killed() -> None:
+    job = subprocess.Popen(
+        [sys.executable, "-c", _ORPHANED_WORKERS], stdout=subprocess.PIPE, text=True
+    )
+    workers = {int(job.stdout.readline()) for _ in range(2)}
+    job.kill()  # as the OOM killer would kill the job itself
+    job.wait()
+    deadline = time.monotonic() + 60
+    while any(_running(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a decoding worker outlived its job by a minute"
+        time.sleep(0.2)

@@ -29,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "dicomweb_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.command in ("evaluate", "compare", "promote"):
+        from scanml.mlflow_client import bound_client_calls
+
+        bound_client_calls()  # a tracking server that is down fails in seconds, not minutes
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -242,9 +246,7 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
         required=True,
         help="runs:/..., models:/NAME/VERSION, models:/NAME@champion or a folder",
     )
-    p.add_argument(
-        "--input", required=True, help="a folder, a glob, a manifest.csv or dicomweb://HOST/PATH"
-    )
+    p.add_argument("--input", required=True, help="a folder, a glob, or a manifest.csv")
     p.add_argument("--out", type=Path, required=True, help="the scores table (.parquet)")
     p.add_argument("--overlays", type=Path, default=None, help="folder for a PNG per flagged scan")
     p.add_argument(
@@ -257,25 +259,40 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
         "--threshold", type=float, default=None, help="override the model's calibrated threshold"
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="score manifest paths outside the manifest's folder (refused by default)",
+    )
+    p.add_argument(
+        "--retry-failed", action="store_true", help="score again the files of error rows"
+    )
     cli_watch.add_store_options(p)
     p.set_defaults(func=_run_score)
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    from scanml.scoring import score
+    from scanml.scoring import ScoringError, TableLockedError, score
 
     if cli_watch.uses_store(args):
         return cli_watch.run_score_with_store(args)
-    summary = score(
-        args.model,
-        args.input,
-        args.out,
-        overlays=args.overlays,
-        tdr=args.tdr,
-        workers=args.workers,
-        device=args.device,
-        threshold=args.threshold,
-    )
+    try:
+        summary = score(
+            args.model,
+            args.input,
+            args.out,
+            overlays=args.overlays,
+            tdr=args.tdr,
+            workers=args.workers,
+            device=args.device,
+            threshold=args.threshold,
+            allow_outside=args.allow_outside,
+            retry_failed=args.retry_failed,
+        )
+    except (ScoringError, TableLockedError, FileNotFoundError) as exc:
+        raise UserFacingError(str(exc)) from None
+    if summary.outputs_failed:
+        return 1
     return 0 if summary.scanned or not summary.failed else 1
 
 

@@ -10,6 +10,7 @@ from its run.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -21,13 +22,26 @@ from scanml.physics import ATTENUATION_SCALE
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_overrides"]
 
+_RUN_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9 ._+-]{0,99}")
+
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the field."""
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # NaN and infinity pass every `gt`/`le` bound unnoticed (NaN compares false,
+    # inf is "greater than 0"): refused at load for every float field.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
+    )
+
+
+def _ordered_pair(pair: tuple[float, float]) -> tuple[float, float]:
+    """A (low, high) range: low must not exceed high."""
+    if pair[0] > pair[1]:
+        raise ValueError(f"expected (low, high) with low <= high, got {list(pair)}")
+    return pair
 
 
 class ModelConfig(_Section):
@@ -41,7 +55,7 @@ class ModelConfig(_Section):
     )
     channels: list[Literal["high", "low"]] = ["high"]
     spacing_mm: float = Field(default=8.0, gt=0.5, le=50.0)
-    attenuation_scale: float = Field(default=ATTENUATION_SCALE, gt=0.0)
+    attenuation_scale: float = Field(default=ATTENUATION_SCALE, gt=0.0, le=100.0)
     output_stride: Literal[8, 16, 32] = 32
     stages: int | None = Field(
         default=None,
@@ -93,12 +107,12 @@ class DataConfig(_Section):
     val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     test_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     tile_size: int = Field(default=128, ge=32, le=1024)
-    tiles_per_scan: int = Field(default=16, ge=1)
+    tiles_per_scan: int = Field(default=16, ge=1, le=4096)
     positive_fraction: float = Field(default=0.4, ge=0.0, le=1.0)
     hard_negative_fraction: float = Field(default=0.3, ge=0.0, le=1.0)
-    num_workers: int = Field(default=2, ge=0)
-    cache_bytes: int = Field(default=2 * 1024**3, ge=0)
-    max_val_scans: int | None = Field(default=None, ge=2)
+    num_workers: int = Field(default=2, ge=0, le=64)
+    cache_bytes: int = Field(default=2 * 1024**3, ge=0, le=1024**4)
+    max_val_scans: int | None = Field(default=None, ge=2, le=10_000_000)
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> DataConfig:
@@ -115,6 +129,7 @@ class ThreatProjectionConfig(_Section):
     enabled: bool = True
     rate: float = Field(default=0.25, ge=0.0, le=1.0)
     depth: tuple[float, float] = (0.5, 1.5)
+    _depth_ordered = field_validator("depth")(_ordered_pair)
     synthetic_fraction: float = Field(
         default=0.5,
         ge=0.0,
@@ -144,22 +159,31 @@ class AugmentConfig(_Section):
     saturation_range: tuple[float, float] = (6.0, 11.0)
     noise_i0: tuple[float, float] = (3e4, 1e6)
     blur_sigma: tuple[float, float] = (0.3, 0.9)
+    _ranges_ordered = field_validator(
+        "scale",
+        "gain",
+        "offset",
+        "beam_profile_amplitude",
+        "saturation_range",
+        "noise_i0",
+        "blur_sigma",
+    )(_ordered_pair)
     tip: ThreatProjectionConfig = ThreatProjectionConfig()
 
 
 class TrainConfig(_Section):
     """Optimisation, checkpoints and early stopping."""
 
-    epochs: int = Field(default=20, ge=1)
-    batch_size: int = Field(default=32, ge=1)
-    lr: float = Field(default=1e-3, gt=0.0)
-    weight_decay: float = Field(default=1e-4, ge=0.0)
-    warmup_epochs: float = Field(default=1.0, ge=0.0)
-    grad_clip: float | None = Field(default=1.0, gt=0.0)
+    epochs: int = Field(default=20, ge=1, le=10_000)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    lr: float = Field(default=1e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0, le=1.0)
+    warmup_epochs: float = Field(default=1.0, ge=0.0, le=10_000)
+    grad_clip: float | None = Field(default=1.0, gt=0.0, le=1e6)
     amp: bool = False
     channels_last: bool = True
-    dense_loss_weight: float = Field(default=1.0, ge=0.0)
-    category_loss_weight: float = Field(default=0.2, ge=0.0)
+    dense_loss_weight: float = Field(default=1.0, ge=0.0, le=1000.0)
+    category_loss_weight: float = Field(default=0.2, ge=0.0, le=1000.0)
     dense_loss: Literal["bce", "focal"] = Field(
         default="bce",
         description="per-location loss: bce (mean over locations) or focal (RetinaNet: "
@@ -170,19 +194,20 @@ class TrainConfig(_Section):
         default="max",
         description="how the tile loss pools dense logits (max: as the scan score does)",
     )
-    early_stopping_patience: int | None = Field(default=6, ge=1)
+    early_stopping_patience: int | None = Field(default=6, ge=1, le=10_000)
     monitor: str = "val/auroc"
     monitor_mode: Literal["max", "min"] = "max"
     hard_negative_every: int = Field(
-        default=2, ge=0, description="epochs between mining rounds; 0 disables"
+        default=2, ge=0, le=10_000, description="epochs between mining rounds; 0 disables"
     )
-    hard_negatives_per_scan: int = Field(default=8, ge=1)
+    hard_negatives_per_scan: int = Field(default=8, ge=1, le=4096)
     hard_negative_max_scans: int | None = Field(
         default=48,
         ge=1,
+        le=10_000_000,
         description="clean scans scored per mining round (a rotating sample): bounds its cost",
     )
-    max_steps_per_epoch: int | None = Field(default=None, ge=1)
+    max_steps_per_epoch: int | None = Field(default=None, ge=1, le=10_000_000)
     time_budget_min: float | None = Field(
         default=None,
         gt=0.0,
@@ -204,18 +229,18 @@ class TrainConfig(_Section):
         "elapsed minutes (learning curves)",
     )
     device: str = "auto"
-    threads: int | None = Field(default=None, ge=1)
+    threads: int | None = Field(default=None, ge=1, le=1024)
     runs_dir: str = "runs"
 
 
 class ValidationConfig(_Section):
     """Whole-scan validation through the Predictor, and threshold calibration."""
 
-    every: int = Field(default=1, ge=1)
+    every: int = Field(default=1, ge=1, le=10_000)
     target_far: float = Field(default=0.01, gt=0.0, lt=1.0)
     region_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
-    overlays: int = Field(default=4, ge=0)
-    max_block_pixels: int = Field(default=4_000_000, ge=65_536)
+    overlays: int = Field(default=4, ge=0, le=1000)
+    max_block_pixels: int = Field(default=4_000_000, ge=65_536, le=400_000_000)
 
 
 class TrackingConfig(_Section):
@@ -226,14 +251,26 @@ class TrackingConfig(_Section):
     registered_model: str | None = "scanml-anomaly"
     run_name: str | None = None
     system_metrics: bool = True
-    max_retries: int = Field(default=2, ge=0)
-    timeout_s: float = Field(default=10.0, gt=0.0)
+
+    @field_validator("run_name")
+    @classmethod
+    def _safe_run_name(cls, name: str | None) -> str | None:
+        """The run's folder under ``train.runs_dir``: one plain name, never a path."""
+        if name is not None and not _RUN_NAME.fullmatch(name):
+            raise ValueError(
+                f"run_name {name!r} must be 1 to 100 letters, digits, spaces or '._+-',"
+                " not starting with '.' or a space (it names a folder under train.runs_dir)"
+            )
+        return name
+
+    max_retries: int = Field(default=2, ge=0, le=20)
+    timeout_s: float = Field(default=10.0, gt=0.0, le=3600.0)
 
 
 class Config(_Section):
     """The whole configuration of a training run."""
 
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()

@@ -6,27 +6,30 @@ one row per input file, failures included, with the flagged decision, the
 regions, and where its overlay (flagged scans) and DICOS Threat Detection
 Report were written.
 
-Crash safety. The job may be killed at any moment (SIGKILL, a lost node)
-and rerun with the same arguments; the table must then hold every file
-exactly once. Finished rows are committed in small batches as Parquet part
-files in ``<out>.parts/`` (each written to a temporary name, flushed to
-disk and renamed, so a part is whole or absent). Files already in the
-table or in a part are skipped. At the end the table and the parts are
-merged (one row per path, in input order) into ``<out>``, again through a
-temporary file and a rename, and the parts are removed; a rerun first picks
-up any parts a killed run left. A rerun of a finished job finds nothing to
-do and leaves ``<out>`` untouched, byte for byte. A scan's overlay and
-report are written (atomically) before its row is committed, so a
-committed row never points at a missing file. A lock file in the parts
-folder stops a second job writing the same table at the same time.
+Hostile input. Each file is decoded in a worker process
+(:mod:`scanml.decode_pool`): a decoder that panics, crashes, is killed for
+memory or hangs past ``decode_timeout_s`` costs that file an error row, and
+the job carries on. Reading budgets are checked before anything large is
+allocated (:mod:`scanml.io.budget`), and so is the size of the scan on the
+model's grid (:data:`MAX_MODEL_PIXELS`), which a forged pixel spacing would
+otherwise blow up.
 
-Throughput. Decoding (``read_scan``: DICOM parsing and pixel decoding, and
-``prepare``: resampling to the model's grid) runs in worker processes
-through a torch DataLoader, overlapping with the model in the main
-process; pixels cross the process boundary as torch tensors, i.e. through
-shared memory instead of a pipe, when ``/dev/shm`` has room for them. The
-summary records how the time splits between decoding, the model and
-writing.
+Crash safety and reruns. The job may be killed at any moment and rerun
+with the same arguments; the table then holds every file exactly once
+(:mod:`scanml.scores_table`). A rerun skips a file whose row has the same
+content fingerprint, scores again one that changed or reappeared, retries
+rows whose overlay or report could not be written, and retries error rows
+only when asked (``retry_failed``): a file that killed its decoder would
+kill it again. A table holds the scores of one model version: a job whose
+model resolves to another version than the table's refuses to mix them.
+
+Side outputs. An overlay or report that cannot be written (read-only or
+full disk) is recorded in the row's ``output_error``; the score stands.
+
+Throughput. Decoding (``read_scan`` and ``prepare``) runs in the workers,
+overlapping with the model in the main process; pixels cross the process
+boundary as torch tensors, through shared memory, when ``/dev/shm`` has
+room for them. The summary records how the time splits.
 
 :func:`score_paths` is the same per-scan code without the job around it:
 the MLflow pyfunc model calls it, so ``mlflow models predict`` and
@@ -35,80 +38,58 @@ the MLflow pyfunc model calls it, so ``mlflow models predict`` and
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import glob
-import hashlib
+import functools
 import math
 import os
-import re
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from scanml.io import SUPPORTED_SUFFIXES, Scan, is_energy_partner, read_scan
+from scanml.decode_pool import guarded_map
+from scanml.mlflow_client import ModelSourceError, ResolvedModel, TrackingServerError, resolve_model
 from scanml.models import ModelBundle
-from scanml.plots import save_overlay
-from scanml.predict import Prediction, Predictor, Region
-from scanml.preprocess import Preprocessing, prepare
-from scanml.tdr import write_tdr
+from scanml.predict import Predictor
+from scanml.score_inputs import InputItem, file_item, resolve_inputs, resolve_job_inputs
+from scanml.score_rows import (
+    MAX_MODEL_PIXELS,
+    Decoded,
+    ScanScorer,
+    decode,
+    decode_in_worker,
+    failed_decode,
+    file_stems,
+)
+from scanml.scores_table import (
+    REGION_TYPE,
+    SCORE_COLUMNS,
+    SCORES_SCHEMA,
+    ScoresTable,
+    TableLockedError,
+    fingerprint,
+)
 
 __all__ = [
+    "MAX_MODEL_PIXELS",
     "REGION_TYPE",
     "SCORES_SCHEMA",
     "SCORE_COLUMNS",
     "InputItem",
     "ScoreSummary",
+    "ScoringError",
+    "TableLockedError",
     "resolve_inputs",
     "score",
     "score_paths",
 ]
-
-# One region of the ``regions`` column: a box in the scan's pixels, its score and category.
-REGION_TYPE = pa.struct(
-    [
-        ("x", pa.float64()),
-        ("y", pa.float64()),
-        ("w", pa.float64()),
-        ("h", pa.float64()),
-        ("score", pa.float64()),
-        ("category", pa.string()),
-    ]
-)
-
-SCORES_SCHEMA = pa.schema(
-    [
-        pa.field("scan_id", pa.string(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),  # absolute; one row per path
-        pa.field("site", pa.string()),
-        pa.field("score", pa.float64()),  # null when the scan failed
-        pa.field("flagged", pa.bool_()),  # score > threshold; null when the scan failed
-        pa.field("threshold", pa.float64(), nullable=False),
-        pa.field("regions", pa.list_(REGION_TYPE), nullable=False),  # empty when the scan failed
-        pa.field("model_uri", pa.string(), nullable=False),
-        pa.field("error", pa.string()),  # "Type: message"; null when the scan worked
-        pa.field("height", pa.int32()),  # the scan's pixels, null when it could not be read
-        pa.field("width", pa.int32()),
-        pa.field("seconds", pa.float64(), nullable=False),  # decode + model + outputs
-        pa.field("overlay", pa.string()),  # the overlay PNG, for flagged scans
-        pa.field("tdr", pa.string()),  # the DICOS Threat Detection Report
-    ]
-)
-"""The scores table; :func:`score` writes it and :func:`score_paths` returns it as pandas."""
-
-SCORE_COLUMNS: tuple[str, ...] = tuple(SCORES_SCHEMA.names)
 
 # Committed rows per part file when not given: at most this much work is
 # redone after a kill, and a part costs one fsync.
@@ -117,7 +98,9 @@ DEFAULT_BATCH_SIZE = 32
 # huge scans never holds minutes of work uncommitted.
 _COMMIT_INTERVAL_S = 10.0
 _DEFAULT_MAX_WORKERS = 8
-_GLOB_CHARACTERS = re.compile(r"[*?\[]")
+# A file whose decoding takes longer than this (a real 25-megapixel scan
+# takes seconds) is stopped and becomes an error row.
+DEFAULT_DECODE_TIMEOUT_S = 300.0
 # Decoded pixels go from the workers through shared memory only when
 # /dev/shm has this much room: Docker's default of 64 MB would kill the job
 # with a bus error on the first large scan (and again on every rerun).
@@ -125,14 +108,8 @@ _GLOB_CHARACTERS = re.compile(r"[*?\[]")
 _MIN_SHARED_MEMORY_BYTES = 2 << 30
 
 
-@dataclass(frozen=True)
-class InputItem:
-    """One file to score, with what a manifest may say about it."""
-
-    path: Path  # absolute
-    scan_id: str  # the manifest's, else the file name without its suffix
-    spacing_mm: tuple[float, float] | None = None  # (row, column), for files without spacing
-    site: str | None = None
+class ScoringError(ValueError):
+    """The job cannot start as asked (its output, model or threshold); one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -140,11 +117,12 @@ class ScoreSummary:
     """What one run of :func:`score` did.
 
     ``scanned`` counts scans scored in this run, ``failed`` the files that
-    became error rows, ``skipped`` the files already in the table.
-    ``timings`` holds seconds: ``decode`` (summed over the worker
-    processes, so it may exceed the wall time), ``decode_wait`` (the model
-    process waiting for decoded scans: decoding is the bottleneck when this
-    is large), ``model`` and ``write`` (overlays, reports, table).
+    became error rows, ``skipped`` the files already in the table,
+    ``outputs_failed`` the scored scans whose overlay or report could not be
+    written (their scores stand), ``duplicates`` the manifest rows that
+    repeated a path. ``timings`` holds seconds: ``decode`` (summed over the
+    worker processes, so it may exceed the wall time), ``decode_wait`` (the
+    model process waiting for decoded scans), ``model`` and ``write``.
     """
 
     scanned: int
@@ -154,6 +132,8 @@ class ScoreSummary:
     seconds: float
     out: Path
     timings: dict[str, float] = field(default_factory=dict)
+    outputs_failed: int = 0
+    duplicates: int = 0
 
     @property
     def scans_per_second(self) -> float:
@@ -161,9 +141,11 @@ class ScoreSummary:
         return processed / self.seconds if self.seconds > 0 else math.nan
 
     def __str__(self) -> str:
+        extra = f", outputs failed {self.outputs_failed}" if self.outputs_failed else ""
+        extra += f", duplicate rows {self.duplicates}" if self.duplicates else ""
         return (
             f"scanned {self.scanned}, flagged {self.flagged}, failed {self.failed},"
-            f" skipped {self.skipped} in {self.seconds:.1f} s"
+            f" skipped {self.skipped}{extra} in {self.seconds:.1f} s"
             f" ({self.scans_per_second:.2f} scans/s) -> {self.out}"
         )
 
@@ -180,58 +162,97 @@ def score(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
     threshold: float | None = None,
+    allow_outside: bool = False,
+    retry_failed: bool = False,
+    decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S,
     bundle: ModelBundle | None = None,
 ) -> ScoreSummary:
     """Score every scan in ``inputs`` with the model at ``model_uri`` into the Parquet table ``out``.
 
     ``model_uri``: ``runs:/...``, ``models:/NAME/VERSION``,
     ``models:/NAME@champion`` or a model folder. ``inputs``: a folder
-    (searched recursively), a glob, a manifest CSV, or a list of these.
-    ``overlays``: a folder for a PNG per flagged scan; ``tdr``: a folder for
-    a DICOS Threat Detection Report per scored scan. ``workers``: decoding
-    processes (default: one per core but one, at most 8; 0 decodes in this
-    process). ``batch_size``: rows per committed part, i.e. the most work a
-    kill can cost. ``threshold`` overrides the model's calibrated one; a
-    scan is flagged when ``score > threshold``. ``bundle``: the model at
-    ``model_uri`` already loaded (``scanml watch`` loads it once, not per scan).
+    (searched recursively), a glob, a manifest CSV (paths inside its folder
+    unless ``allow_outside``), or a list of these. ``overlays``: a folder
+    for a PNG per flagged scan; ``tdr``: a folder for a DICOS Threat
+    Detection Report per scored scan. ``workers``: decoding processes
+    (default: one per core but one, at most 8; 0 decodes in this process,
+    unguarded). ``batch_size``: rows per committed part, i.e. the most work
+    a kill can cost. ``threshold`` overrides the model's calibrated one; a
+    scan is flagged when ``score > threshold``. ``retry_failed`` scores
+    error rows again. ``bundle``: the model at ``model_uri`` already loaded
+    (``scanml watch`` loads it once, not per scan).
 
-    Killed and rerun with the same arguments, the job skips what is done;
-    see the module docstring. Returns a summary, also printed when
-    ``progress`` is on.
+    Raises :class:`ScoringError` (an unwritable ``out``, a model that does
+    not exist or differs from the one the table holds, a threshold that is
+    not a finite number), :class:`~scanml.scores_table.TableLockedError`
+    (another job writes ``out``) and
+    :class:`~scanml.mlflow_client.TrackingServerError`, all before any scan
+    is read. Returns a summary, also printed when ``progress`` is on.
     """
     started = time.perf_counter()
     out = Path(os.path.abspath(out))
+    if batch_size < 1:
+        raise ScoringError(f"batch_size must be at least 1, got {batch_size}")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ScoringError(f"--threshold {threshold}: not a finite number")
+    _check_writable(out.parent, what=f"--out {out}")
     overlays_dir, tdr_dir = (
         Path(os.path.abspath(d)) if d is not None else None for d in (overlays, tdr)
     )
+    for folder, name in ((overlays_dir, "--overlays"), (tdr_dir, "--tdr")):
+        if folder is not None:
+            _warn_if_unwritable(folder, name, progress)
+    if workers is not None and workers < 0:
+        raise ScoringError(f"--workers {workers}: must be 0 or more")
+    try:
+        resolved_inputs = resolve_job_inputs(inputs, allow_outside=allow_outside)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ScoringError(f"--input: {exc}") from None
+    _report_duplicates(resolved_inputs.duplicates, progress)
     # A folder of outputs inside the input folder must not become input on a rerun.
     items = [
         item
-        for item in resolve_inputs(inputs)
+        for item in resolved_inputs.items
         if not any(d is not None and item.path.is_relative_to(d) for d in (overlays_dir, tdr_dir))
     ]
+    model = _resolve(model_uri)
     timings = {"decode": 0.0, "decode_wait": 0.0, "model": 0.0, "write": 0.0}
     counts = _Counts()
-    with _PartStore.open(out) as store:
-        done = store.done_paths()
-        todo = [item for item in items if str(item.path) not in done]
+    with ScoresTable.open(out) as table:
+        fingerprints = {item.path: _fingerprint(item) for item in items}
+        todo = _todo(
+            table, model, items, fingerprints, retry_failed, wants_outputs=bool(overlays or tdr)
+        )
         if todo:
-            bundle = bundle if bundle is not None else ModelBundle.load(model_uri)
-            scorer = _ScanScorer(
+            bundle = bundle if bundle is not None else ModelBundle.load(model.load_uri)
+            if not math.isfinite(bundle.threshold):
+                raise ScoringError(
+                    f"--model {model_uri}: its threshold {bundle.threshold} is not a finite"
+                    " number; pass --threshold"
+                )
+            scorer = ScanScorer(
                 predictor=Predictor(bundle, device=device),
                 model_uri=model_uri,
+                model=model,
                 threshold=bundle.threshold if threshold is None else float(threshold),
                 overlays=overlays_dir,
                 tdr=tdr_dir,
-                file_stems=_file_stems(items),
+                file_stems=file_stems(items),
+                fingerprints=fingerprints,
                 timings=timings,
             )
             counts = _run(
-                scorer, todo, store, workers=workers, batch_size=batch_size, progress=progress
+                scorer,
+                todo,
+                table,
+                workers=workers,
+                batch_size=batch_size,
+                progress=progress,
+                decode_timeout_s=decode_timeout_s,
             )
-        if store.has_parts() or not out.exists():
+        if table.has_parts() or not out.exists():
             write_started = time.perf_counter()
-            store.merge(order=[str(item.path) for item in items])
+            table.merge(order=[str(item.path) for item in items])
             timings["write"] += time.perf_counter() - write_started
     summary = ScoreSummary(
         scanned=counts.scanned,
@@ -241,6 +262,8 @@ def score(
         seconds=time.perf_counter() - started,
         out=out,
         timings=timings,
+        outputs_failed=counts.outputs_failed,
+        duplicates=len(resolved_inputs.duplicates),
     )
     if progress:
         print(summary, file=sys.stderr)
@@ -260,44 +283,135 @@ def score_paths(
     workers, no overlays or reports, no crash safety): what the MLflow
     pyfunc model runs. The frame is built through :data:`SCORES_SCHEMA`,
     so it equals ``pandas.read_parquet`` of a table :func:`score` wrote
-    (up to ``seconds`` and the output file columns).
+    (up to ``seconds``, the output file columns and the resolved model).
     """
-    scorer = _ScanScorer(
+    scorer = ScanScorer(
         predictor=predictor,
         model_uri=model_uri,
+        model=ResolvedModel(model_uri, model_uri),
         threshold=float(threshold),
         overlays=None,
         tdr=None,
         file_stems={},
+        fingerprints={},
         timings={"decode": 0.0, "model": 0.0, "write": 0.0},
     )
     preprocessing = predictor.bundle.preprocessing
-    rows = [
-        scorer.row_for(_decode(_file_item(Path(os.path.abspath(path))), preprocessing))
-        for path in paths
-    ]
+    rows = []
+    for path in paths:
+        item = file_item(Path(os.path.abspath(path)))
+        scorer.fingerprints[item.path] = fingerprint(item.path)
+        rows.append(scorer.row_for(decode(item, preprocessing)))
     return pa.Table.from_pylist(rows, schema=SCORES_SCHEMA).to_pandas()
 
 
-def resolve_inputs(
-    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-) -> list[InputItem]:
-    """The files to score, in a stable order, each once.
+# -- before the job -----------------------------------------------------------------------
 
-    Each input is a folder (every file with a supported suffix below it,
-    sorted by path), a manifest ``.csv`` (its ``path`` column, relative to
-    the manifest, with ``scan_id``, ``site`` and ``row_spacing_mm`` /
-    ``col_spacing_mm`` or ``spacing_mm`` when present), a single file, or a
-    glob (``**`` recurses; sorted). A glob matching nothing yields nothing:
-    an empty inbox is a normal day. Raises FileNotFoundError for a path
-    that is neither.
-    """
-    sources = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
-    items: dict[Path, InputItem] = {}
-    for source in sources:
-        for item in _resolve_source(source):
-            items.setdefault(item.path, item)
-    return list(items.values())
+
+def _resolve(model_uri: str) -> ResolvedModel:
+    try:
+        return resolve_model(model_uri)
+    except (ModelSourceError, TrackingServerError) as exc:
+        raise ScoringError(str(exc)) from None
+
+
+def _check_writable(folder: Path, *, what: str) -> None:
+    """Create ``folder`` if needed and write a probe file into it; ScoringError if that fails."""
+    reason = _unwritable_reason(folder)
+    if reason is not None:
+        raise ScoringError(f"{what}: cannot write into {folder} ({reason})")
+
+
+def _warn_if_unwritable(folder: Path, option: str, progress: bool) -> None:
+    """Side outputs: an unwritable folder is reported now and recorded per row; scores go on."""
+    reason = _unwritable_reason(folder)
+    if reason is not None:
+        print(
+            f"scanml score: warning: {option} {folder} is not writable ({reason}): scans are"
+            " still scored, and each row's output_error says what was not written",
+            file=sys.stderr,
+        )
+
+
+def _unwritable_reason(folder: Path) -> str | None:
+    probe = folder / f".scanml-probe-{uuid.uuid4().hex}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
+def _report_duplicates(duplicates: list[str], progress: bool) -> None:
+    if duplicates and progress:
+        shown = "; ".join(duplicates[:5]) + (" ..." if len(duplicates) > 5 else "")
+        print(
+            f"scanml score: warning: {len(duplicates)} manifest row(s) repeat a path and are"
+            f" scored once: {shown}",
+            file=sys.stderr,
+        )
+
+
+def _fingerprint(item: InputItem) -> str | None:
+    return None if item.refusal is not None else fingerprint(item.path)
+
+
+def _todo(
+    table: ScoresTable,
+    model: ResolvedModel,
+    items: list[InputItem],
+    fingerprints: dict[Path, str | None],
+    retry_failed: bool,
+    *,
+    wants_outputs: bool,
+) -> list[InputItem]:
+    """The items a rerun must score; refuses a table that holds another model's scores."""
+    rows = table.rows(
+        [
+            "path",
+            "fingerprint",
+            "error",
+            "output_error",
+            "model_uri",
+            "model_name",
+            "model_version",
+            "model_run_id",
+        ]
+    ).to_pylist()
+    for row in rows:
+        if not _same_model(model, row):
+            recorded = ResolvedModel(
+                row["model_uri"],
+                row["model_uri"],
+                row["model_name"],
+                row["model_version"],
+                row["model_run_id"],
+            ).describe()
+            raise ScoringError(
+                f"{table.out} holds scores of {recorded}, but {model.uri} is now"
+                f" {model.describe()}: scores of two models are never mixed in one table;"
+                " write to a new --out (or remove the old table to rescore everything)"
+            )
+    latest = {row["path"]: row for row in rows}  # parts come after the table: newest wins
+    todo = []
+    for item in items:
+        row = latest.get(str(item.path))
+        if (
+            row is None
+            or row["fingerprint"] != fingerprints[item.path]
+            or (row["error"] is not None and retry_failed)
+            or (row["output_error"] is not None and wants_outputs)
+        ):
+            todo.append(item)
+    return todo
+
+
+def _same_model(model: ResolvedModel, row: dict[str, Any]) -> bool:
+    if row["model_name"] is None and row["model_run_id"] is None and model.name is None:
+        return model.run_id is not None or row["model_uri"] == model.uri
+    return model.same_model_as(row["model_name"], row["model_version"], row["model_run_id"])
 
 
 # -- the job ------------------------------------------------------------------------------
@@ -308,52 +422,57 @@ class _Counts:
     scanned: int = 0
     flagged: int = 0
     failed: int = 0
+    outputs_failed: int = 0
 
 
 def _run(
-    scorer: _ScanScorer,
+    scorer: ScanScorer,
     todo: list[InputItem],
-    store: _PartStore,
+    table: ScoresTable,
     *,
     workers: int | None,
     batch_size: int,
     progress: bool,
+    decode_timeout_s: float,
 ) -> _Counts:
-    """Decode in workers, score here, commit rows in parts as they finish."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    """Decode in guarded workers, score here, commit rows in parts as they finish."""
     workers = _default_workers() if workers is None else workers
-    loader = DataLoader(
-        _DecodingDataset(
-            todo, scorer.predictor.bundle.preprocessing, share_memory=_shared_memory_is_roomy()
-        ),
-        batch_size=None,
-        num_workers=workers,
-        collate_fn=_as_is,
-        prefetch_factor=2 if workers else None,
-    )
+    preprocessing = scorer.predictor.bundle.preprocessing
+    if workers == 0:
+        decoded_scans: Iterable[Decoded] = (decode(item, preprocessing) for item in todo)
+    else:
+        decoded_scans = guarded_map(
+            functools.partial(
+                decode_in_worker,
+                preprocessing=preprocessing,
+                share_memory=_shared_memory_is_roomy(),
+            ),
+            todo,
+            workers=workers,
+            on_failure=failed_decode,
+            timeout_s=decode_timeout_s,
+        )
     counts = _Counts()
     pending: list[dict[str, Any]] = []
     last_commit = time.monotonic()
     with tqdm(total=len(todo), unit="scan", disable=not progress, desc="scoring") as bar:
-        for decoded in _timing_waits(loader, scorer.timings):
+        for decoded in _timing_waits(decoded_scans, scorer.timings):
             row = scorer.row_for(decoded)
             pending.append(row)
             counts.failed += row["error"] is not None
             counts.scanned += row["error"] is None
             counts.flagged += bool(row["flagged"])
+            counts.outputs_failed += row["output_error"] is not None
             bar.update()
             bar.set_postfix(flagged=counts.flagged, failed=counts.failed, refresh=False)
             if len(pending) >= batch_size or time.monotonic() - last_commit > _COMMIT_INTERVAL_S:
-                scorer.commit(store, pending)
+                scorer.commit(table, pending)
                 pending, last_commit = [], time.monotonic()
-        scorer.commit(store, pending)
+        scorer.commit(table, pending)
     return counts
 
 
-def _timing_waits(
-    decoded_scans: Iterable[_Decoded], timings: dict[str, float]
-) -> Iterator[_Decoded]:
+def _timing_waits(decoded_scans: Iterable[Decoded], timings: dict[str, float]) -> Iterator[Decoded]:
     """The decoded scans, adding the time spent waiting for each to ``timings["decode_wait"]``."""
     iterator = iter(decoded_scans)
     while True:
@@ -375,404 +494,3 @@ def _shared_memory_is_roomy() -> bool:
         return shutil.disk_usage("/dev/shm").free >= _MIN_SHARED_MEMORY_BYTES
     except OSError:  # no /dev/shm (macOS)
         return False
-
-
-def _as_is(sample: _Decoded) -> _Decoded:
-    """DataLoader collate function: samples are whole scans, never batched."""
-    return sample
-
-
-@dataclass
-class _Decoded:
-    """A scan read and prepared for the model, or why that failed.
-
-    ``prepared`` is the model's input (float32 [C, H', W'] on the model
-    grid); the scan itself is kept for its overlay, report and size.
-    Between a worker and the main process both pixel arrays can travel as
-    torch tensors, which the DataLoader moves through shared memory; numpy
-    arrays are pickled through a pipe (100 MB for a large dual-energy scan).
-    """
-
-    item: InputItem
-    scan: Scan | None
-    prepared: np.ndarray | torch.Tensor | None
-    error: str | None
-    seconds: float
-
-    def to_tensors(self) -> _Decoded:
-        """Pixels as tensors, for the trip to the main process."""
-        if self.scan is not None:  # from_numpy refuses negative strides: make them contiguous
-            self.scan.attenuation = torch.from_numpy(np.ascontiguousarray(self.scan.attenuation))
-            self.prepared = torch.from_numpy(np.ascontiguousarray(self.prepared))
-        return self
-
-    def to_arrays(self) -> _Decoded:
-        """Pixels back as numpy arrays (no copy), as the rest of scanml expects them."""
-        if self.scan is not None and isinstance(self.prepared, torch.Tensor):
-            self.scan.attenuation = self.scan.attenuation.numpy()
-            self.prepared = self.prepared.numpy()
-        return self
-
-
-class _DecodingDataset(Dataset):
-    """:func:`_decode` for each input, run by the DataLoader's worker processes."""
-
-    def __init__(
-        self, items: list[InputItem], preprocessing: Preprocessing, *, share_memory: bool
-    ) -> None:
-        self.items = items
-        self.preprocessing = preprocessing
-        self.share_memory = share_memory
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> _Decoded:
-        decoded = _decode(self.items[index], self.preprocessing)
-        return decoded.to_tensors() if self.share_memory else decoded
-
-
-def _decode(item: InputItem, preprocessing: Preprocessing) -> _Decoded:
-    """Read one scan and prepare it; a failure of any kind becomes the error text of its row.
-
-    Besides unreadable files (ScanReadError), ``prepare`` refuses for
-    instance a single-energy scan given to a dual-energy model.
-    """
-    started = time.perf_counter()
-    try:
-        scan = read_scan(item.path, spacing_mm=item.spacing_mm, site=item.site)
-        prepared = prepare(scan, preprocessing)
-    except Exception as exc:  # the file's row says why; the job carries on
-        return _Decoded(item, None, None, _error_text(exc), time.perf_counter() - started)
-    return _Decoded(item, scan, prepared, None, time.perf_counter() - started)
-
-
-@dataclass
-class _ScanScorer:
-    """Turns a decoded scan into its table row, writing its overlay and report on the way."""
-
-    predictor: Predictor
-    model_uri: str
-    threshold: float
-    overlays: Path | None
-    tdr: Path | None
-    file_stems: dict[Path, str]
-    timings: dict[str, float]
-
-    def row_for(self, decoded: _Decoded) -> dict[str, Any]:
-        """The row for one scan; any exception while scoring it becomes an error row."""
-        self.timings["decode"] += decoded.seconds
-        if decoded.scan is None:
-            return self._error_row(decoded.item, decoded.error, decoded.seconds)
-        started = time.perf_counter()
-        decoded.to_arrays()
-        try:
-            return self._scored_row(decoded.item, decoded.scan, decoded.prepared, decoded.seconds)
-        except Exception as exc:  # one bad scan must not stop the job
-            seconds = decoded.seconds + time.perf_counter() - started
-            return self._error_row(decoded.item, _error_text(exc), seconds)
-
-    def commit(self, store: _PartStore, rows: list[dict[str, Any]]) -> None:
-        started = time.perf_counter()
-        store.append(rows)
-        self.timings["write"] += time.perf_counter() - started
-
-    def _scored_row(
-        self, item: InputItem, scan: Scan, prepared: np.ndarray, decode_seconds: float
-    ) -> dict[str, Any]:
-        model_started = time.perf_counter()
-        prediction = self.predictor.predict_array(
-            prepared, scan_shape_hw=(scan.height, scan.width), scan_spacing_mm=scan.spacing_mm
-        )
-        model_seconds = time.perf_counter() - model_started
-        self.timings["model"] += model_seconds
-        # The job's own rule rather than prediction.flagged: the threshold may
-        # be overridden, and scanml flags strictly above it (scanml.metrics).
-        flagged = bool(prediction.score > self.threshold)
-
-        write_started = time.perf_counter()
-        overlay = self._write_overlay(item, scan, prediction) if flagged else None
-        report = self._write_report(item, scan, prediction, flagged, model_seconds)
-        write_seconds = time.perf_counter() - write_started
-        self.timings["write"] += write_seconds
-        return {
-            "scan_id": item.scan_id,
-            "path": str(item.path),
-            "site": item.site or scan.meta.get("site"),
-            "score": float(prediction.score),
-            "flagged": flagged,
-            "threshold": self.threshold,
-            "regions": [self._region_record(region) for region in prediction.regions],
-            "model_uri": self.model_uri,
-            "error": None,
-            "height": scan.height,
-            "width": scan.width,
-            "seconds": decode_seconds + model_seconds + write_seconds,
-            "overlay": str(overlay) if overlay else None,
-            "tdr": str(report) if report else None,
-        }
-
-    def _error_row(self, item: InputItem, error: str | None, seconds: float) -> dict[str, Any]:
-        return {
-            "scan_id": item.scan_id,
-            "path": str(item.path),
-            "site": item.site,
-            "score": None,
-            "flagged": None,
-            "threshold": self.threshold,
-            "regions": [],
-            "model_uri": self.model_uri,
-            "error": error,
-            "height": None,
-            "width": None,
-            "seconds": seconds,
-            "overlay": None,
-            "tdr": None,
-        }
-
-    def _region_record(self, region: Region) -> dict[str, Any]:
-        return {
-            "x": float(region.x),
-            "y": float(region.y),
-            "w": float(region.w),
-            "h": float(region.h),
-            "score": float(region.score),
-            "category": region.category,
-        }
-
-    def _write_overlay(self, item: InputItem, scan: Scan, prediction: Prediction) -> Path | None:
-        if self.overlays is None:
-            return None
-        return save_overlay(
-            scan,
-            prediction,
-            self.overlays / f"{self.file_stems[item.path]}.png",
-            title=f"{item.scan_id}  score {prediction.score:.3f} > {self.threshold:.3f}",
-            heat_floor=self.predictor.bundle.region_threshold,
-        )
-
-    def _write_report(
-        self,
-        item: InputItem,
-        scan: Scan,
-        prediction: Prediction,
-        flagged: bool,
-        model_seconds: float,
-    ) -> Path | None:
-        if self.tdr is None:
-            return None
-        return write_tdr(
-            self.tdr / f"{self.file_stems[item.path]}.dcm",
-            scan_meta=scan.meta,
-            prediction_regions=prediction.regions,
-            score=float(prediction.score),
-            threshold=self.threshold,
-            flagged=flagged,
-            model_uri=self.model_uri,
-            class_names=self.predictor.bundle.class_names,
-            processing_ms=model_seconds * 1000,
-            peak_xy=prediction.peak_xy,
-        )
-
-
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _file_stems(items: Sequence[InputItem]) -> dict[Path, str]:
-    """A file name (without suffix) for each input's overlay and report.
-
-    The scan id, made safe for a file name; where two inputs share one
-    (``a/1.dcm`` and ``b/1.dcm``), a short hash of the path tells them
-    apart. Computed over all inputs, so a rerun names every file the same.
-    """
-    safe = {item.path: re.sub(r"[^A-Za-z0-9._-]", "_", item.scan_id) or "scan" for item in items}
-    seen: dict[str, int] = {}
-    for name in safe.values():
-        seen[name] = seen.get(name, 0) + 1
-    return {
-        path: name
-        if seen[name] == 1
-        else f"{name}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-        for path, name in safe.items()
-    }
-
-
-# -- inputs -------------------------------------------------------------------------------
-
-
-def _resolve_source(source: str | os.PathLike[str]) -> list[InputItem]:
-    path = Path(source).expanduser()
-    if path.is_dir():
-        files = (
-            p
-            for p in path.rglob("*")
-            if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not is_energy_partner(p)
-        )
-        return [_file_item(Path(os.path.abspath(p))) for p in sorted(files)]
-    if path.is_file() and path.suffix.lower() == ".csv":
-        return _manifest_items(path)
-    if path.is_file():
-        return [_file_item(Path(os.path.abspath(path)))]
-    if _GLOB_CHARACTERS.search(str(path)):
-        matches = sorted(Path(os.path.abspath(p)) for p in glob.glob(str(path), recursive=True))
-        return [_file_item(match) for match in matches if match.is_file()]
-    raise FileNotFoundError(f"{source}: no such file or folder, and not a glob")
-
-
-def _file_item(path: Path) -> InputItem:
-    return InputItem(path=path, scan_id=path.stem)
-
-
-def _manifest_items(manifest: Path) -> list[InputItem]:
-    """One item per manifest row; paths are relative to the manifest's folder."""
-    table = pd.read_csv(manifest, dtype={"path": str, "scan_id": str, "site": str})
-    if "path" not in table.columns:
-        raise ValueError(
-            f"{manifest}: a manifest needs a 'path' column; it has {list(table.columns)}"
-        )
-    folder = manifest.parent
-    items = []
-    for record in table.to_dict("records"):
-        path = Path(os.path.abspath(folder / record["path"]))
-        items.append(
-            InputItem(
-                path=path,
-                scan_id=_text(record.get("scan_id")) or _file_item(path).scan_id,
-                spacing_mm=_manifest_spacing(record),
-                site=_text(record.get("site")),
-            )
-        )
-    return items
-
-
-def _manifest_spacing(record: dict[str, Any]) -> tuple[float, float] | None:
-    row, column = record.get("row_spacing_mm"), record.get("col_spacing_mm")
-    if _number(row) is not None and _number(column) is not None:
-        return (float(row), float(column))
-    square = _number(record.get("spacing_mm"))
-    return (square, square) if square is not None else None
-
-
-def _text(value: Any) -> str | None:
-    """A manifest cell as text; None for an empty cell (pandas reads it as NaN)."""
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-
-
-def _number(value: Any) -> float | None:
-    """A manifest cell as a number; None for an empty cell."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return float(value)
-
-
-# -- crash-safe table ---------------------------------------------------------------------
-
-
-class _PartStore:
-    """The scores table ``out`` plus its committed-but-not-merged parts in ``<out>.parts/``."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.parts_dir = out.with_name(f"{out.name}.parts")
-
-    @classmethod
-    @contextlib.contextmanager
-    def open(cls, out: Path) -> Iterator[_PartStore]:
-        """Lock the table for this job, drop half-written temporaries, and unlock at the end.
-
-        The lock is a POSIX record lock on ``<out>.parts/lock``: the kernel
-        releases it when the process dies, however it dies, and, unlike an
-        flock, the forked decoding workers do not share it, so a killed
-        job whose workers linger for a few seconds leaves no lock behind.
-        """
-        store = cls(out)
-        store.parts_dir.mkdir(parents=True, exist_ok=True)
-        lock_path = store.parts_dir / "lock"
-        with lock_path.open("a") as lock:
-            try:
-                fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except (BlockingIOError, PermissionError):
-                raise RuntimeError(f"another scoring job is writing {out}") from None
-            for partial in store.parts_dir.glob("*.partial"):
-                partial.unlink()
-            out.with_name(f".{out.name}.partial").unlink(missing_ok=True)
-            yield store
-            if not store.has_parts():
-                lock_path.unlink()
-                store.parts_dir.rmdir()
-
-    def done_paths(self) -> set[str]:
-        """Paths with a row in the table or in a part: the files a rerun skips."""
-        sources = ([self.out] if self.out.exists() else []) + self._parts()
-        return {
-            path
-            for source in sources
-            for path in pq.read_table(source, columns=["path"])["path"].to_pylist()
-        }
-
-    def has_parts(self) -> bool:
-        """Whether committed rows wait to be merged (this run's, or a killed run's)."""
-        return bool(self._parts())
-
-    def append(self, rows: list[dict[str, Any]]) -> None:
-        """Commit ``rows`` as the next part: whole and on disk once this returns."""
-        if not rows:
-            return
-        parts = self._parts()
-        number = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
-        table = pa.Table.from_pylist(rows, schema=SCORES_SCHEMA)
-        _write_table_atomically(table, self.parts_dir / f"part-{number:06d}.parquet")
-
-    def merge(self, order: Sequence[str]) -> None:
-        """Fold the parts into the table: one row per path, inputs' order, then any older rows.
-
-        A path in both the table and a part (a kill between writing the
-        table and removing the parts) keeps its first row; the rows are
-        the same. Rows of files no longer among the inputs are kept, after
-        the inputs, in their previous order.
-        """
-        parts = self._parts()
-        sources = ([self.out] if self.out.exists() else []) + parts
-        combined = pa.concat_tables(
-            [SCORES_SCHEMA.empty_table()]
-            + [
-                pq.read_table(source).select(SCORE_COLUMNS).cast(SCORES_SCHEMA)
-                for source in sources
-            ]
-        )
-        position = {path: index for index, path in enumerate(order)}
-        first_row: dict[str, int] = {}
-        for row, path in enumerate(combined["path"].to_pylist()):
-            first_row.setdefault(path, row)
-        ranked = sorted(
-            first_row.items(), key=lambda entry: (position.get(entry[0], len(order)), entry[1])
-        )
-        _write_table_atomically(
-            combined.take(pa.array([row for _, row in ranked], type=pa.int64())), self.out
-        )
-        for part in parts:
-            part.unlink()
-        _fsync_directory(self.parts_dir)
-
-    def _parts(self) -> list[Path]:
-        return sorted(self.parts_dir.glob("part-*.parquet"))
-
-
-def _write_table_atomically(table: pa.Table, path: Path) -> None:
-    """Write ``table`` beside ``path``, flush it to disk, rename it over ``path``, flush the folder."""
-    partial = path.with_name(f".{path.name}.partial")
-    pq.write_table(table, partial)
-    with partial.open("rb") as stream:
-        os.fsync(stream.fileno())
-    os.replace(partial, path)
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(folder: Path) -> None:
-    """Make renames and removals in ``folder`` survive a power cut."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -70,6 +70,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import DSfloat
 
+from scanml.io.budget import check_codestreams, check_dataset_stream
 from scanml.io.dicos import (
     ENERGY_CHANNEL_NAMES,
     attenuation_mapping,
@@ -164,7 +165,9 @@ def _parse(path: Path, max_bytes: int) -> Dataset:
         # From memory, not from the file: a forged element length makes
         # pydicom ask the file object for gigabytes, which a real file
         # allocates up front and an in-memory buffer does not.
-        return pydicom.dcmread(io.BytesIO(path.read_bytes()))
+        raw = path.read_bytes()
+        check_dataset_stream(path, raw, max_bytes)
+        return pydicom.dcmread(io.BytesIO(raw))
     except InvalidDicomError as exc:
         raise ScanReadError(path, f"not a DICOM file ({exc})") from exc
 
@@ -177,6 +180,11 @@ def _decode_one(
     check_declared_size(path, geometry.shape, max(geometry.bytes_per_value, 4), max_bytes)
     channels = _declared_channels(path, dataset, geometry.frames, profile)
     _require_decoder(path, dataset)
+    syntax = dataset.file_meta.TransferSyntaxUID
+    if syntax.is_encapsulated:
+        check_codestreams(
+            path, dataset.PixelData, syntax, geometry.rows, geometry.columns, geometry.frames
+        )
     intensity = IntensityEncoding.of(path, dataset, geometry.photometric, profile)
     stored = _decode_pixels(path, dataset).reshape(geometry.shape)
     attenuation, full_scale = to_attenuation(path, stored, dataset, geometry.max_stored, intensity)

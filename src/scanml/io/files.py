@@ -11,6 +11,7 @@ from typing import Literal, Protocol
 import numpy as np
 from pydicom.uid import ExplicitVRLittleEndian
 
+from scanml.io.budget import check_spacing
 from scanml.io.dicom import (
     Encoding,
     Photometric,
@@ -116,6 +117,12 @@ def read_scan(
         raise
     except Exception as exc:  # untrusted input: every failure becomes the one error type
         raise ScanReadError(path, f"{type(exc).__name__}: {exc}") from exc
+    except BaseException as exc:
+        # A compiled decoder's panic (pyo3's PanicException) derives from
+        # BaseException: it is the file's fault too, not a reason to stop.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise ScanReadError(path, f"the decoder panicked: {exc}") from exc
 
 
 def write_scan(
@@ -233,6 +240,7 @@ def _to_scan(
             f"the {decoded.meta.get('format', '')} file carries no pixel spacing:"
             " pass spacing_mm=(row_mm, column_mm), or add a scanner profile with spacing_mm",
         )
+    check_spacing(path, spacing, "pixel spacing" if decoded.spacing_mm else "spacing_mm")
     count = attenuation.shape[0]
     profile_names = list(profile.channels) if profile and profile.channels else None
     if profile_names is not None and len(profile_names) != count:
