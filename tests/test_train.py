@@ -187,7 +187,7 @@ def test_overfits_one_batch(tiny_dataset: Path) -> None:
     [
         (["--set", "train.lr=-1"], "train.lr"),
         (["--set", "model.architecture=vgg_unknown"], "model.architecture"),
-        (["--set", "train.bogus=1"], "train.bogus: unknown key"),
+        (["--set", "train.bogus=1"], "--set train.bogus=...: no such configuration key"),
     ],
 )
 def test_invalid_configuration_is_a_clear_cli_error(

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from scanml import __version__
+from scanml import __version__, cli_watch
 from scanml.cli_checks import (
     MODEL_HELP,
     UserFacingError,
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL"):
+    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "dicomweb_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command in ("evaluate", "compare", "promote"):
         from scanml.mlflow_client import bound_client_calls
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_demo,
         _add_bench,
         _add_exchange,
+        cli_watch.add_watch,
     ):
         add(commands)
     return parser
@@ -374,10 +375,14 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--retry-failed", action="store_true", help="score again the files of error rows"
     )
+    cli_watch.add_store_options(p)
+    cli_watch.add_store_options(p)
     p.set_defaults(func=_run_score)
 
 
 def _run_score(args: argparse.Namespace) -> int:
+    if cli_watch.uses_store(args):
+        return cli_watch.run_score_with_store(args)
     check_inputs(args.input)
     check_writable(args.out.parent if str(args.out.parent) else Path("."), "--out")
     if args.out.is_dir():
@@ -389,6 +394,8 @@ def _run_score(args: argparse.Namespace) -> int:
     resolve_model(args.model)
     from scanml.scoring import ScoringError, TableLockedError, score
 
+    if cli_watch.uses_store(args):
+        return cli_watch.run_score_with_store(args)
     try:
         summary = score(
             args.model,

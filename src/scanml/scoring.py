@@ -165,6 +165,7 @@ def score(
     allow_outside: bool = False,
     retry_failed: bool = False,
     decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S,
+    bundle: ModelBundle | None = None,
 ) -> ScoreSummary:
     """Score every scan in ``inputs`` with the model at ``model_uri`` into the Parquet table ``out``.
 
@@ -178,7 +179,8 @@ def score(
     unguarded). ``batch_size``: rows per committed part, i.e. the most work
     a kill can cost. ``threshold`` overrides the model's calibrated one; a
     scan is flagged when ``score > threshold``. ``retry_failed`` scores
-    error rows again.
+    error rows again. ``bundle``: the model at ``model_uri`` already loaded
+    (``scanml watch`` loads it once, not per scan).
 
     Raises :class:`ScoringError` (an unwritable ``out``, a model that does
     not exist or differs from the one the table holds, a threshold that is
@@ -222,7 +224,7 @@ def score(
             table, model, items, fingerprints, retry_failed, wants_outputs=bool(overlays or tdr)
         )
         if todo:
-            bundle = ModelBundle.load(model.load_uri)
+            bundle = bundle if bundle is not None else ModelBundle.load(model.load_uri)
             if not math.isfinite(bundle.threshold):
                 raise ScoringError(
                     f"--model {model_uri}: its threshold {bundle.threshold} is not a finite"

@@ -1,0 +1,174 @@
+"""The command line of the image store and the scoring service (argument parsing only).
+
+``scanml score --input dicomweb://... --tdr-to dicomweb://...`` calls
+:func:`scanml.dicomweb.score_dicomweb`; ``scanml watch`` calls
+:func:`scanml.watch.watch`. Kept apart from ``scanml.cli`` so that file
+only registers them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# scanml.watch.DEFAULT_STATUS_PORT, not imported: `scanml --help` must not load numpy.
+DEFAULT_STATUS_PORT = 8765
+
+
+def add_store_options(p: argparse.ArgumentParser) -> None:
+    """``scanml score``'s options for a DICOMweb store."""
+    p.add_argument(
+        "--tdr-to",
+        default=None,
+        metavar="URL",
+        help="store each Threat Detection Report in this DICOMweb store (dicomweb://HOST/PATH)",
+    )
+    p.add_argument(
+        "--spool",
+        type=Path,
+        default=None,
+        help="folder for scans fetched from a dicomweb:// input (default: <out>.spool)",
+    )
+
+
+def uses_store(args: argparse.Namespace) -> bool:
+    from scanml.dicomweb import is_dicomweb_url
+
+    return bool(args.tdr_to) or is_dicomweb_url(args.input)
+
+
+def run_score_with_store(args: argparse.Namespace) -> int:
+    """``scanml score`` when the input or the reports' destination is a DICOMweb store."""
+    from scanml.dicomweb import DicomwebError, score_dicomweb
+
+    _check_urls(args.input, args.tdr_to)
+    try:
+        summary = score_dicomweb(
+            args.model,
+            args.input,
+            args.out,
+            tdr_to=args.tdr_to,
+            overlays=args.overlays,
+            tdr=args.tdr,
+            spool=args.spool,
+            workers=args.workers,
+            device=args.device,
+            threshold=args.threshold,
+        )
+    except DicomwebError as exc:
+        print(f"scanml score: error: {exc}", file=sys.stderr)
+        return 1
+    scoring = summary.scoring
+    return 0 if scoring.scanned or not scoring.failed else 1
+
+
+def add_watch(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "watch",
+        help="score each new scan in a folder or DICOMweb store as it arrives (scanml.watch.watch)",
+        description="A long-running scoring service: every new scan in a folder or a DICOMweb "
+        "store is scored exactly once (across restarts) into the scores table, with overlays "
+        "and Threat Detection Reports as `scanml score` writes them. SIGTERM finishes the scan "
+        "in hand and exits 0. Status: a line on stderr and JSON at "
+        "http://127.0.0.1:PORT/status.",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="runs:/..., models:/NAME/VERSION, models:/NAME@champion or a folder",
+    )
+    p.add_argument(
+        "--input", required=True, help="a folder, or a store: dicomweb://HOST[:PORT]/PATH[?query]"
+    )
+    p.add_argument("--out", type=Path, required=True, help="the scores table (.parquet)")
+    p.add_argument("--overlays", type=Path, default=None, help="folder for a PNG per flagged scan")
+    p.add_argument(
+        "--tdr", type=Path, default=None, help="folder for a DICOS Threat Detection Report per scan"
+    )
+    p.add_argument(
+        "--tdr-to", default=None, metavar="URL", help="store each report in this DICOMweb store"
+    )
+    p.add_argument(
+        "--spool", type=Path, default=None, help="folder for fetched scans (default: <out>.spool)"
+    )
+    p.add_argument(
+        "--poll", type=float, default=1.0, metavar="SECONDS", help="seconds between looks"
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="a folder's file is taken once unchanged this long (default 1)",
+    )
+    p.add_argument(
+        "--status-port",
+        type=int,
+        default=DEFAULT_STATUS_PORT,
+        help=f"status endpoint port on 127.0.0.1 (default {DEFAULT_STATUS_PORT}; 0: any free port;"
+        " -1: none)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=0, help="decoding processes per scan (default 0: in process)"
+    )
+    p.add_argument(
+        "--threshold", type=float, default=None, help="override the model's calibrated threshold"
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    p.set_defaults(func=run_watch)
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    from scanml.cli import UserFacingError
+    from scanml.dicomweb import is_dicomweb_url
+    from scanml.watch import watch
+
+    _check_urls(args.input, args.tdr_to)
+    if not is_dicomweb_url(args.input) and not Path(args.input).is_dir():
+        raise UserFacingError(f"--input {args.input}: not a folder and not a dicomweb:// URL")
+    for name in ("poll", "settle"):
+        value = getattr(args, name)
+        if not 0 <= value < float("inf"):
+            raise UserFacingError(f"--{name} {value}: must be a number of seconds >= 0")
+    if not -1 <= args.status_port <= 65535:
+        raise UserFacingError(f"--status-port {args.status_port}: not a port (0-65535, or -1)")
+    try:
+        watch(
+            args.model,
+            args.input,
+            args.out,
+            overlays=args.overlays,
+            tdr=args.tdr,
+            tdr_to=args.tdr_to,
+            spool=args.spool,
+            poll_s=args.poll,
+            settle_s=args.settle,
+            status_port=None if args.status_port == -1 else args.status_port,
+            device=args.device,
+            threshold=args.threshold,
+            workers=args.workers,
+        )
+    except OSError as exc:  # the status port is taken, the output folder is read-only...
+        raise UserFacingError(str(exc)) from None
+    except RuntimeError as exc:  # another service writes the same table
+        raise UserFacingError(str(exc)) from None
+    return 0
+
+
+def _check_urls(*urls: str | None) -> None:
+    """Refuse a malformed dicomweb:// URL in one line, before any model is loaded."""
+    from scanml.cli import UserFacingError
+    from scanml.dicomweb import is_dicomweb_url, parse_dicomweb_url
+
+    for url in urls:
+        if url is None:
+            continue
+        if not is_dicomweb_url(url):
+            if url.split("://", 1)[0] in ("http", "https"):
+                raise UserFacingError(f"{url}: write a store as dicomweb://HOST[:PORT]/PATH")
+            continue
+        try:
+            parse_dicomweb_url(url)
+        except ValueError as exc:
+            raise UserFacingError(str(exc)) from None

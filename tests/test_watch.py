@@ -1,0 +1,240 @@
+"""``scanml watch`` as a real process: killed, restarted, its store stopped, it scores each scan once."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pydicom
+import pytest
+
+from orthanc_server import OrthancServer, free_port, missing_reason, referenced_scan
+from scanml.cli import main
+from scanml.dicomweb import committed_rows
+from scanml.tdr import TDR_SOP_CLASS_UID, read_tdr
+
+# Generous: on a saturated 2-core machine (nice 19 under training) one scan took 25-60 s.
+_TIMEOUT_S = 900.0
+
+
+def test_watch_refuses_a_missing_folder_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "watch",
+            "--model",
+            str(tmp_path),
+            "--input",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "scores.parquet"),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert (
+        err
+        == f"scanml watch: error: --input {tmp_path / 'nope'}: not a folder and not a dicomweb:// URL"
+    )
+
+
+@pytest.mark.slow
+def test_sigkilled_three_times_while_scans_arrive_every_scan_is_scored_once(
+    trained_model, tmp_path: Path
+) -> None:
+    scans = sorted((trained_model.data_dir / "scans").glob("*.dcm"))[:10]
+    inbox, out, reports = tmp_path / "inbox", tmp_path / "scores.parquet", tmp_path / "tdr"
+    inbox.mkdir()
+    # Scans keep arriving (renamed into place, as a transfer job does) while the service dies.
+    feeder = _Feeder(inbox, [*scans, _garbage(tmp_path / "garbage.dcm")], every_s=0.4)
+    feeder.start()
+    port = free_port()
+    command = [*_watch_command(trained_model, inbox, out, port), "--tdr", str(reports)]
+    service = None
+    try:
+        for pause in (0.0, 0.25, 0.5):
+            service = _start(command, tmp_path / "watch.log")
+            rows_before = len(committed_rows(out))
+            _wait_for(lambda: len(committed_rows(out)) > rows_before, "a row", service)  # noqa: B023
+            time.sleep(pause)
+            service.kill()  # SIGKILL: no handler runs, nothing is flushed
+            service.wait()
+        service = _start(command, tmp_path / "watch.log")
+        feeder.join()
+        expected = {str(inbox / path.name) for path in feeder.delivered}
+        _wait_for(lambda: {r.path for r in committed_rows(out)} >= expected, "every scan", service)
+        status = _status(port)
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=_TIMEOUT_S) == 0, _tail(tmp_path / "watch.log")
+    finally:
+        feeder.stop()
+        _kill(service)
+
+    table = pd.read_parquet(out)
+    assert len(table) == len(scans) + 1 == table["path"].nunique()
+    assert set(table["path"]) == expected
+    assert table["error"].notna().sum() == 1
+    assert "garbage.dcm" in table.dropna(subset=["error"])["path"].iloc[0]
+    # One report per scored scan, each about its own scan, and no half-written leftovers.
+    assert sorted(p.name for p in reports.iterdir()) == sorted(f"{s.stem}.dcm" for s in scans)
+    for scan in scans:
+        uid = pydicom.dcmread(scan, stop_before_pixels=True).SOPInstanceUID
+        assert read_tdr(reports / f"{scan.stem}.dcm").referenced_sop_instance_uid == uid
+    assert not list(out.parent.glob(f"{out.name}.parts/*.parquet"))
+    # The status endpoint of the last run: its own counts, the queue drained, the bad file named.
+    assert status["queue"] == 0 and status["latency_count"] >= 1
+    assert status["scored"] + status["failed"] >= 1
+    assert (
+        status["latency_p50_s"] is not None and status["latency_p95_s"] >= status["latency_p50_s"]
+    )
+    log = (tmp_path / "watch.log").read_text()
+    assert "SIGTERM, finishing the scan in hand" in log
+    assert log.rstrip().splitlines()[-1].startswith("watch: scored ")
+
+
+@pytest.mark.slow
+def test_orthanc_stopped_and_restarted_under_watch_loses_nothing(
+    trained_model, tmp_path: Path
+) -> None:
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    scans = sorted((trained_model.data_dir / "scans").glob("*.dcm"))[:4]
+    orthanc = OrthancServer(tmp_path / "orthanc").start()
+    out, port = tmp_path / "scores.parquet", free_port()
+    command = [*_watch_command(trained_model, orthanc.url, out, port), "--tdr-to", orthanc.url]
+    service = _start(command, tmp_path / "watch.log")
+    try:
+        orthanc.upload(scans[:2])
+        _wait_for(lambda: len(orthanc.instances(TDR_SOP_CLASS_UID)) == 2, "2 reports", service)
+
+        # A scan arrives and the store goes away at once: in hand, or not yet seen.
+        orthanc.upload(scans[2:3])
+        orthanc.stop()
+        _wait_for(lambda: not _status(port)["store_ok"], "the outage reported", service)
+        assert "cannot reach http://127.0.0.1:" in _status(port)["last_error"]
+        assert service.poll() is None, "a store that goes away is not fatal"
+
+        orthanc.start()
+        orthanc.upload(scans[3:])
+        _wait_for(lambda: len(orthanc.instances(TDR_SOP_CLASS_UID)) == 4, "4 reports", service)
+        _wait_for(lambda: _status(port)["store_ok"], "the store back", service)
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=_TIMEOUT_S) == 0, _tail(tmp_path / "watch.log")
+    finally:
+        _kill(service)
+        orthanc.stop()
+
+    orthanc.start()
+    try:
+        reports = orthanc.reports()
+    finally:
+        orthanc.stop()
+    uids = {str(pydicom.dcmread(s, stop_before_pixels=True).SOPInstanceUID) for s in scans}
+    about = [referenced_scan(r, tmp_path) for r in reports]
+    assert sorted(about) == sorted(uids), "exactly one report per scan in the store"
+    table = pd.read_parquet(out)
+    assert set(table["scan_id"]) == uids and len(table) == 4
+    assert table["error"].isna().all()
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+class _Feeder(threading.Thread):
+    """Copies files into a folder one after the other, each written beside and renamed."""
+
+    def __init__(self, inbox: Path, files: list[Path], every_s: float) -> None:
+        super().__init__(daemon=True)
+        self.inbox, self.files, self.every_s = inbox, files, every_s
+        self.delivered: list[Path] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        for source in self.files:
+            if self._halt.wait(self.every_s):
+                return
+            partial = self.inbox / f".{source.name}.partial"
+            shutil.copyfile(source, partial)
+            os.replace(partial, self.inbox / source.name)
+            self.delivered.append(source)
+
+    def stop(self) -> None:
+        self._halt.set()
+
+
+def _watch_command(trained_model, source: Path | str, out: Path, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "scanml",
+        "watch",
+        "--model",
+        str(trained_model.bundle_dir),
+        "--input",
+        str(source),
+        "--out",
+        str(out),
+        "--poll",
+        "0.1",
+        "--settle",
+        "0",
+        "--status-port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")]
+    )
+    with log.open("a") as stream:
+        return subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
+
+
+def _wait_for(condition: Callable[[], bool], what: str, service: subprocess.Popen) -> None:
+    deadline = time.monotonic() + _TIMEOUT_S
+    while time.monotonic() < deadline:
+        if service.poll() is not None:
+            raise AssertionError(f"watch exited ({service.returncode}) waiting for {what}")
+        try:
+            if condition():
+                return
+        except (OSError, ValueError):  # the endpoint not up yet, the store down
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} within {_TIMEOUT_S:.0f} s")
+
+
+def _status(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as answer:
+        return json.load(answer)
+
+
+def _garbage(path: Path) -> Path:
+    path.write_bytes(b"not a scan at all" * 10)
+    return path
+
+
+def _kill(service: subprocess.Popen | None) -> None:
+    if service is not None and service.poll() is None:
+        service.kill()
+        service.wait()
+
+
+def _tail(log: Path) -> str:
+    return "\n".join(log.read_text().splitlines()[-20:])
