@@ -376,7 +376,6 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
         "--retry-failed", action="store_true", help="score again the files of error rows"
     )
     cli_watch.add_store_options(p)
-    cli_watch.add_store_options(p)
     p.set_defaults(func=_run_score)
 
 
@@ -394,8 +393,6 @@ def _run_score(args: argparse.Namespace) -> int:
     resolve_model(args.model)
     from scanml.scoring import ScoringError, TableLockedError, score
 
-    if cli_watch.uses_store(args):
-        return cli_watch.run_score_with_store(args)
     try:
         summary = score(
             args.model,
