@@ -72,6 +72,7 @@ def scanml_scores(
         str(workdir / "paths.csv"),
         "--out",
         str(workdir / "scores.parquet"),
+        "--allow-outside",  # absolute paths, as mlflow models predict is given them
         cwd=workdir,
     )
     return pd.read_parquet(workdir / "scores.parquet").set_index("path")
