@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -176,7 +177,16 @@ def test_tdr_uids_still_resolve_to_their_scans(agency_a: Path, package: Path) ->
         )
         assert report.StudyInstanceUID == scan.StudyInstanceUID  # the report joins the study
         assert str(scan.SOPInstanceUID) not in source_uids  # remapped, not copied
-        assert scan.StudyDate == report.StudyDate or report.get("StudyDate") is None
+        if report.get("StudyDate") is not None:
+            # One offset for the package, applied to date and time together:
+            # a report written hours after its scan may roll over midnight.
+            days = abs(
+                (
+                    datetime.strptime(scan.StudyDate, "%Y%m%d")
+                    - datetime.strptime(report.StudyDate, "%Y%m%d")
+                ).days
+            )
+            assert days <= 1
     assert manifest["group"].str.startswith("group-").all()
 
 
