@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "dicomweb_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.command in ("evaluate", "compare", "promote"):
+    if args.command in ("evaluate", "compare", "promote", "score", "watch"):
         from scanml.mlflow_client import bound_client_calls
 
         bound_client_calls()  # a tracking server that is down fails in seconds, not minutes
@@ -388,9 +388,18 @@ def _run_score(args: argparse.Namespace) -> int:
         raise UserFacingError(f"--out {args.out}: is a folder; give the table's file name")
     # Unwritable --overlays/--tdr folders are the scoring job's to report: it
     # warns once, keeps every score and lists the outputs that failed.
-    from scanml.registry import resolve_model
+    from scanml.mlflow_client import ModelSourceError, TrackingServerError
+    from scanml.mlflow_client import resolve_model as resolve_within_deadline
 
-    resolve_model(args.model)
+    try:  # a tracking server that is down fails here in seconds, naming it
+        resolve_within_deadline(args.model)
+    except TrackingServerError as exc:
+        raise UserFacingError(str(exc)) from None
+    except ModelSourceError:
+        pass  # the registry lookup below says what is wrong and what exists instead
+    from scanml.registry import resolve_model as name_what_exists
+
+    name_what_exists(args.model)  # the server answers: a wrong URI names the models that exist
     from scanml.scoring import ScoringError, TableLockedError, score
 
     try:
