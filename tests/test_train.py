@@ -231,7 +231,7 @@ def test_missing_dataset_is_a_clear_cli_error(tmp_path: Path) -> None:
         timeout=120,
     )
     assert completed.returncode == 2
-    assert "manifest.csv" in completed.stderr
+    assert f"--data {tmp_path / 'none'}: no such folder" in completed.stderr
     assert "Traceback" not in completed.stderr
 
 
