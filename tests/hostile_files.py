@@ -18,6 +18,26 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELos
 
 from scanml.io import Scan, write_scan
 
+# Source text for child processes that measure their own memory. A process
+# started with subprocess inherits the parent's ru_maxrss across execve on
+# Linux, so inside a multi-GB pytest run ru_maxrss reports the test runner's
+# peak, not the reader's. VmHWM and VmRSS in /proc/self/status are the
+# child's own.
+OWN_MEMORY_SOURCE = """
+def _status_kib(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(field + " not in /proc/self/status")
+
+def own_peak_rss_bytes():
+    return _status_kib("VmHWM") * 1024
+
+def own_rss_bytes():
+    return _status_kib("VmRSS") * 1024
+"""
+
 
 def small_scan(height: int = 64, width: int = 64, seed: int = 0) -> Scan:
     rng = np.random.default_rng(seed)

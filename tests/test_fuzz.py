@@ -30,6 +30,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from hostile_files import OWN_MEMORY_SOURCE
 from scanml.io import Scan, write_scan
 
 MUTANTS = 1200
@@ -47,8 +48,10 @@ _PYDICOM_FILES = (
     "693_J2KI.dcm",
 )
 
-_READ_ALL = """
-import json, resource, sys, time
+_READ_ALL = (
+    OWN_MEMORY_SOURCE
+    + """
+import json, sys, time
 from scanml.io import Scan, ScanReadError, read_scan
 paths = json.loads(sys.stdin.read())
 slowest = 0.0
@@ -63,13 +66,9 @@ for index, path in enumerate(paths):
         outcome = f"escaped {type(exc).__name__}: {exc}"[:300]
     slowest = max(slowest, time.perf_counter() - started)
     print(json.dumps({"index": index, "outcome": outcome}), flush=True)
-# VmHWM: this process's own peak. ru_maxrss would also count the RSS of the
-# (large) test process it was forked from, which survives the exec.
-with open("/proc/self/status") as status:
-    hwm = [line for line in status if line.startswith("VmHWM:")]
-peak = int(hwm[0].split()[1]) * 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"peak_rss_bytes": peak, "slowest_s": slowest}), flush=True)
+print(json.dumps({"peak_rss_bytes": own_peak_rss_bytes(), "slowest_s": slowest}), flush=True)
 """
+)
 
 
 @pytest.mark.slow

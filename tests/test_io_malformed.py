@@ -14,6 +14,7 @@ import pydicom
 import pytest
 
 from hostile_files import (
+    OWN_MEMORY_SOURCE,
     deflate_bomb,
     element_bomb,
     j2k_size_lie,
@@ -55,20 +56,22 @@ def test_malformed_corpus_keeps_peak_rss_bounded(tmp_path: Path) -> None:
     resident set also counts decoders' C buffers.
     """
     paths = [str(make(tmp_path)) for make in MALFORMED.values()]
-    script = """
-import json, resource, sys
+    script = (
+        OWN_MEMORY_SOURCE
+        + """
+import json, sys
 from scanml.io import ScanReadError, read_scan
 paths = json.loads(sys.stdin.read())
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = own_rss_bytes()
 failures = 0
 for path in paths:
     try:
         read_scan(path, spacing_mm=1.0)
     except ScanReadError:
         failures += 1
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"growth_kib": after - before, "failures": failures}))
+print(json.dumps({"growth_bytes": own_peak_rss_bytes() - before, "failures": failures}))
 """
+    )
     result = subprocess.run(
         [sys.executable, "-c", script],
         input=json.dumps(paths),
@@ -79,7 +82,7 @@ print(json.dumps({"growth_kib": after - before, "failures": failures}))
     )
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["failures"] == len(paths)
-    assert report["growth_kib"] * 1024 < MEMORY_LIMIT_BYTES
+    assert report["growth_bytes"] < MEMORY_LIMIT_BYTES, report
 
 
 def test_unsupported_suffix_lists_what_is_supported(tmp_path: Path) -> None:
@@ -117,20 +120,23 @@ def test_huge_declared_image_is_refused_against_a_small_budget(tmp_path: Path) -
 
 # -- reading budgets checked before allocation (issue 9) ------------------------------------
 
-_READ_ONE = """
-import json, resource, sys, time
+_READ_ONE = (
+    OWN_MEMORY_SOURCE
+    + """
+import json, sys, time
 from scanml.io import ScanReadError, read_scan
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = own_rss_bytes()
 started = time.perf_counter()
 try:
     read_scan(sys.argv[1])
     reason = None
 except ScanReadError as exc:
     reason = exc.reason
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"reason": reason, "peak_bytes": peak * 1024, "growth_bytes": (peak - before) * 1024,
+peak = own_peak_rss_bytes()
+print(json.dumps({"reason": reason, "peak_bytes": peak, "growth_bytes": peak - before,
                   "seconds": time.perf_counter() - started}))
 """
+)
 
 
 def _read_in_fresh_process(path: Path) -> dict:
