@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 from mlflow import MlflowClient
 
@@ -206,7 +205,6 @@ def import_model(
         }
         (bundle_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
-        mlflow.set_tracking_uri(tracking_uri)
         client = MlflowClient(tracking_uri)
         experiment = client.get_experiment_by_name(IMPORT_EXPERIMENT)
         experiment_id = (

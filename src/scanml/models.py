@@ -647,7 +647,12 @@ def _bundle_folder(source: str) -> Path:
     if _is_uri(source):
         import mlflow.artifacts  # slow to import; only URIs need it
 
-        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+        from scanml.tracking import resolve_tracking_uri, using_tracking_uri
+
+        # The store the rest of scanml resolves names in ($MLFLOW_TRACKING_URI): a models:/
+        # download reads MLflow's process-wide URI, which may still name another store.
+        with using_tracking_uri(resolve_tracking_uri()):
+            root = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
     else:
         root = Path(source)
     if root.is_file():

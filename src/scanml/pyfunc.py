@@ -28,7 +28,7 @@ from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 from scanml.models import ModelBundle
 from scanml.predict import Predictor
 from scanml.scoring import SCORES_SCHEMA, score_paths
-from scanml.tracking import _version
+from scanml.tracking import _version, using_tracking_uri
 
 __all__ = ["BUNDLE_ARTIFACT", "LoggedModel", "ScanmlPyfunc", "log_model"]
 
@@ -98,13 +98,16 @@ def log_model(
     ``description`` goes on the registered version (the registry's page
     shows it); without one, a line naming the run and the threshold.
     """
-    mlflow.set_tracking_uri(tracking_uri)
     input_example = pd.DataFrame({"path": [str(path) for path in example_paths]})
     signature = mlflow.models.ModelSignature(
         inputs=Schema([ColSpec("string", "path")]), outputs=_output_schema()
     )
     package_dir = Path(__file__).resolve().parent
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+    with (
+        using_tracking_uri(tracking_uri),
+        mlflow.start_run(run_id=run_id),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore", category=UserWarning)  # input-example type notes
         info = mlflow.pyfunc.log_model(
             name="model",

@@ -25,7 +25,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from scanml.registry import RegistryLookupError, find_experiment, resolve_model, versions_of_run
-from scanml.tracking import resolve_tracking_uri
+from scanml.tracking import resolve_tracking_uri, using_tracking_uri
 
 __all__ = ["DEFAULT_COMPARE_METRIC", "PromotionChange", "compare_runs", "promote"]
 
@@ -63,13 +63,13 @@ def compare_runs(
     """
     tracking_uri = resolve_tracking_uri()
     experiment_id = find_experiment(experiment, tracking_uri=tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
-    runs = mlflow.search_runs(experiment_ids=[experiment_id], max_results=max(limit * 5, 100))
-    if runs.empty:
-        return runs
-    if f"tags.{_SOURCE_RUN_TAG}" in runs:  # evaluation runs logged into this experiment
-        runs = runs[runs[f"tags.{_SOURCE_RUN_TAG}"].isna()].reset_index(drop=True)
-    runs = _with_evaluations(runs)
+    with using_tracking_uri(tracking_uri):
+        runs = mlflow.search_runs(experiment_ids=[experiment_id], max_results=max(limit * 5, 100))
+        if runs.empty:
+            return runs
+        if f"tags.{_SOURCE_RUN_TAG}" in runs:  # evaluation runs logged into this experiment
+            runs = runs[runs[f"tags.{_SOURCE_RUN_TAG}"].isna()].reset_index(drop=True)
+        runs = _with_evaluations(runs)
     known = sorted(
         column.removeprefix("metrics.")
         for column in runs.columns

@@ -14,12 +14,13 @@ The model as MLflow serves it (``ScanmlPyfunc``, ``log_model``) is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -38,8 +39,10 @@ __all__ = [
     "DESCRIPTION_TAG",
     "Tracker",
     "bound_http_retries",
+    "http_retries_bounded",
     "resolve_tracking_uri",
     "run_tags",
+    "using_tracking_uri",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,12 +54,45 @@ DESCRIPTION_TAG = "mlflow.note.content"
 # so that code importing them from tracking, and the pyfunc_entry.py of models
 # logged before the move, keep working.
 _MOVED_TO_PYFUNC = ("BUNDLE_ARTIFACT", "LoggedModel", "ScanmlPyfunc", "log_model")
+_HTTP_BOUND_VARIABLES = (
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+)
 _PACKAGES = ("torch", "torchvision", "albumentations", "pydicom", "mlflow", "scikit-learn", "numpy")
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """The configured URI, else ``$MLFLOW_TRACKING_URI``, else the local sqlite store."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+@contextlib.contextmanager
+def using_tracking_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide store at ``tracking_uri`` for one block, then put it back.
+
+    MLflow's fluent calls (``start_run``, ``log_model``, ``search_runs``) and
+    its ``models:/`` downloads read one process-wide URI, and
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``. Left
+    set, it sends every later call of the process (a notebook's next cell,
+    the next ``score`` in the same session) to this store whatever the
+    environment says: a ``models:/`` name registered elsewhere is then "not
+    found".
+    """
+    from mlflow.tracking._tracking_service import utils as tracking_state
+
+    # MLflow has no public way to tell a URI set in-process from one read from the environment.
+    previous_uri = getattr(tracking_state, "_tracking_uri", None)
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous_uri)  # None: back to reading the environment
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
 def bound_http_retries(max_retries: int = 2, timeout_s: float = 10.0) -> None:
@@ -67,6 +103,26 @@ def bound_http_retries(max_retries: int = 2, timeout_s: float = 10.0) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(max_retries))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(timeout_s))))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+@contextlib.contextmanager
+def http_retries_bounded(max_retries: int = 2, timeout_s: float = 10.0) -> Iterator[None]:
+    """:func:`bound_http_retries` for one block, the variables as they were afterwards.
+
+    MLflow reads the bounds from the environment, which is the whole
+    process's: a command run from a notebook, or a scoring call, must not
+    leave its bounds to every later call (and child process) of the session.
+    """
+    saved = {name: os.environ.get(name) for name in _HTTP_BOUND_VARIABLES}
+    bound_http_retries(max_retries, timeout_s)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @dataclass
