@@ -11,6 +11,7 @@ and what exists, and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -40,12 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "dicomweb_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    bounded = contextlib.nullcontext()
     if args.command in ("evaluate", "compare", "promote", "score", "watch"):
         from scanml.mlflow_client import bound_client_calls
 
-        bound_client_calls()  # a tracking server that is down fails in seconds, not minutes
+        bounded = bound_client_calls()  # a tracking server that is down fails in seconds
     try:
-        return int(args.func(args) or 0)
+        with bounded:  # and main() called from a notebook leaves its environment as it was
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

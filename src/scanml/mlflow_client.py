@@ -10,6 +10,7 @@ around the whole resolution, and fails with one line naming the server.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import re
@@ -74,11 +75,11 @@ class ResolvedModel:
         return self.run_id == run_id
 
 
-def bound_client_calls() -> None:
-    """Bound every MLflow HTTP call of this process as scoring does (values exported win)."""
-    from scanml.tracking import bound_http_retries
+def bound_client_calls() -> contextlib.AbstractContextManager[None]:
+    """Bound every MLflow HTTP call made in the block as scoring does (values exported win)."""
+    from scanml.tracking import http_retries_bounded
 
-    bound_http_retries(SCORING_MAX_RETRIES, SCORING_TIMEOUT_S)
+    return http_retries_bounded(SCORING_MAX_RETRIES, SCORING_TIMEOUT_S)
 
 
 def resolve_model(uri: str, *, deadline_s: float = RESOLVE_DEADLINE_S) -> ResolvedModel:
@@ -97,7 +98,8 @@ def resolve_model(uri: str, *, deadline_s: float = RESOLVE_DEADLINE_S) -> Resolv
     models = _MODELS_URI.match(uri)
     if not models:
         return ResolvedModel(uri, uri)  # another scheme (s3://, ...): loaded as given
-    return _with_deadline(lambda: _registry_model(uri, models), deadline_s)
+    with bound_client_calls():
+        return _with_deadline(lambda: _registry_model(uri, models), deadline_s)
 
 
 def _local_model(source: str) -> ResolvedModel:
@@ -117,7 +119,6 @@ def _registry_model(uri: str, match: re.Match[str]) -> ResolvedModel:
 
     from scanml.tracking import resolve_tracking_uri
 
-    bound_client_calls()
     server = resolve_tracking_uri()
     client = MlflowClient(server)
     name, alias, version = match["name"], match["alias"], match["version"]
