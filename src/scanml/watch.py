@@ -61,7 +61,7 @@ from scanml.dicomweb import (
     is_dicomweb_url,
     remove_scored,
 )
-from scanml.io import SUPPORTED_SUFFIXES
+from scanml.io import SUPPORTED_SUFFIXES, is_energy_partner
 
 __all__ = ["DEFAULT_STATUS_PORT", "WatchStatus", "watch"]
 
@@ -365,6 +365,7 @@ class _FolderInbox:
     outputs: list[Path]
     first_seen: dict[Any, float] = field(default_factory=dict)
     _sizes: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    _partners: set[Path] = field(default_factory=set)
 
     def arrivals(self, done: set[str]) -> list[Path]:
         now = time.monotonic()
@@ -374,8 +375,12 @@ class _FolderInbox:
                 path.name.startswith(".")
                 or path.suffix.lower() not in SUPPORTED_SUFFIXES
                 or str(path) in done
+                or path in self._partners
                 or any(path.is_relative_to(output) for output in self.outputs)
             ):
+                continue
+            if is_energy_partner(path):  # x.low.dcm is read with x.dcm, as `scanml score` does
+                self._partners.add(path)
                 continue
             try:
                 stat = path.stat()
