@@ -7,6 +7,8 @@ preset), never a parallel toy path.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,51 @@ os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+
+
+@pytest.fixture(autouse=True)
+def _process_state_restored() -> Iterator[None]:
+    """Each test leaves the process as it found it: environment, working folder, MLflow's store.
+
+    Tests call the CLI and the library in this process; whatever process-wide
+    state one leaves (an exported variable, MLflow's tracking URI or active
+    run) would otherwise reach every later test and every child process they
+    start, and a test would pass alone and fail in the suite. scanml itself
+    restores what it changes; this guard keeps a test's own changes in it.
+    """
+    environ, cwd = dict(os.environ), os.getcwd()
+    mlflow_state = _mlflow_state()
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        from mlflow.tracking._model_registry import utils as registry_state
+        from mlflow.tracking._tracking_service import utils as tracking_state
+
+        tracking_uri, registry_uri = mlflow_state
+        if tracking_state._tracking_uri != tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        if registry_state._registry_uri != registry_uri:
+            mlflow.set_registry_uri(registry_uri)
+    for name in set(os.environ) - set(environ):
+        del os.environ[name]
+    for name, value in environ.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+    if os.getcwd() != cwd:
+        os.chdir(cwd)
+
+
+def _mlflow_state() -> tuple[str | None, str | None]:
+    """MLflow's process-wide tracking and registry URIs (None: read from the environment)."""
+    if "mlflow" not in sys.modules:
+        return None, None
+    from mlflow.tracking._model_registry import utils as registry_state
+    from mlflow.tracking._tracking_service import utils as tracking_state
+
+    return tracking_state._tracking_uri, registry_state._registry_uri
 
 
 @pytest.fixture(scope="session")
