@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pydicom
 import pytest
@@ -21,8 +22,11 @@ import pytest
 from orthanc_server import OrthancServer, free_port, missing_reason, referenced_scan
 from scanml.cli import main
 from scanml.dicomweb import committed_rows
-from scanml.io import is_energy_partner
+from scanml.io import Scan, is_energy_partner, write_scan
+from scanml.models import ModelBundle, create_model
+from scanml.preprocess import Preprocessing
 from scanml.tdr import TDR_SOP_CLASS_UID, read_tdr
+from scanml.watch import watch
 
 # Generous: on a saturated 2-core machine (nice 19 under training) one scan took 25-60 s.
 _TIMEOUT_S = 900.0
@@ -48,6 +52,42 @@ def test_watch_refuses_a_missing_folder_in_one_line(
         err
         == f"scanml watch: error: --input {tmp_path / 'nope'}: not a folder and not a dicomweb:// URL"
     )
+
+
+def test_a_dual_energy_scans_partner_file_gets_no_row_of_its_own(tmp_path: Path) -> None:
+    """x.low.dcm is read with x.dcm: the scan gets one row, as `scanml score` gives it."""
+    model = ModelBundle(
+        network=create_model("resnet18", 1, None),
+        architecture="resnet18",
+        preprocessing=Preprocessing(channels=("high",), spacing_mm=16.0),
+        class_names=["drugs", "weapon", "cigarettes", "other"],
+        threshold=0.5,
+        region_threshold=0.5,
+    ).save(tmp_path / "model")
+    inbox, out = tmp_path / "inbox", tmp_path / "scores.parquet"
+    inbox.mkdir()
+    attenuation = np.random.default_rng(0).gamma(2.0, 1.0, size=(2, 200, 400)).astype(np.float32)
+    write_scan(Scan(attenuation, (4.0, 4.0), ["high", "low"], {"scan_id": "d"}), inbox / "d.dcm")
+    write_scan(Scan(attenuation[:1], (4.0, 4.0), ["high"], {"scan_id": "s"}), inbox / "s.dcm")
+    assert is_energy_partner(inbox / "d.low.dcm")
+    stop = threading.Event()
+    service = threading.Thread(
+        target=watch,
+        args=(str(model), inbox, out),
+        kwargs={"poll_s": 0.05, "settle_s": 0, "status_port": None, "device": "cpu", "stop": stop},
+    )
+    service.start()
+    try:  # d.dcm, d.low.dcm, s.dcm in one listing: s.dcm's row comes after any partner's
+        deadline = time.monotonic() + _TIMEOUT_S
+        while str(inbox / "s.dcm") not in {row.path for row in committed_rows(out)}:
+            assert service.is_alive() and time.monotonic() < deadline, "watch scored nothing"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        service.join()
+    table = pd.read_parquet(out)
+    assert sorted(table["path"]) == [str(inbox / "d.dcm"), str(inbox / "s.dcm")]
+    assert table["error"].isna().all()
 
 
 @pytest.mark.slow
