@@ -6,6 +6,7 @@ preset), never a parallel toy path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -32,29 +33,32 @@ def _process_state_restored() -> Iterator[None]:
     start, and a test would pass alone and fail in the suite. scanml itself
     restores what it changes; this guard keeps a test's own changes in it.
     """
+    with _process_state_kept():
+        yield
+
+
+@contextlib.contextmanager
+def _process_state_kept() -> Iterator[None]:
     environ, cwd = dict(os.environ), os.getcwd()
     mlflow_state = _mlflow_state()
-    yield
-    if "mlflow" in sys.modules:
-        import mlflow
+    try:
+        yield
+    finally:
+        if "mlflow" in sys.modules:
+            import mlflow
 
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-        from mlflow.tracking._model_registry import utils as registry_state
-        from mlflow.tracking._tracking_service import utils as tracking_state
-
-        tracking_uri, registry_uri = mlflow_state
-        if tracking_state._tracking_uri != tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-        if registry_state._registry_uri != registry_uri:
-            mlflow.set_registry_uri(registry_uri)
-    for name in set(os.environ) - set(environ):
-        del os.environ[name]
-    for name, value in environ.items():
-        if os.environ.get(name) != value:
-            os.environ[name] = value
-    if os.getcwd() != cwd:
-        os.chdir(cwd)
+            while mlflow.active_run() is not None:
+                mlflow.end_run()
+            if _mlflow_state() != mlflow_state:
+                mlflow.set_tracking_uri(mlflow_state[0])
+                mlflow.set_registry_uri(mlflow_state[1])
+        for name in set(os.environ) - set(environ):
+            del os.environ[name]
+        for name, value in environ.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
+        if os.getcwd() != cwd:
+            os.chdir(cwd)
 
 
 def _mlflow_state() -> tuple[str | None, str | None]:
@@ -114,7 +118,8 @@ def trained_model(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
 
     workdir = tmp_path_factory.mktemp("trained")
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
+    # A session fixture: set up before any test's guard, so it keeps its own state changes in.
+    with _process_state_kept(), pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.chdir(workdir)
         result = train(
