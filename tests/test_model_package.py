@@ -38,7 +38,8 @@ def model_file(trained_model: TrainedModel, tmp_path_factory: pytest.TempPathFac
     out = tmp_path_factory.mktemp("site-a") / "detector.zip"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", trained_model.tracking_uri)
-        mlflow.set_tracking_uri(trained_model.tracking_uri)
+        # No mlflow.set_tracking_uri here: set in a module fixture, before each test's guard
+        # snapshot, it would stay for every later test (test_models' runs:/ test failed so).
         card = export_model(trained_model.model_uri, out)
     assert card.source_uri == trained_model.model_uri
     return out
