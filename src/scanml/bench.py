@@ -235,8 +235,9 @@ def loader_benchmark(
         raise ValueError("need at least two epochs: one to fill the caches, one to measure")
     from torch.utils.data import DataLoader
 
-    from scanml.data import TileDataset, TileSampler, load_dataset
+    from scanml.dataset import load_dataset
     from scanml.preprocess import Preprocessing
+    from scanml.tiles import TileDataset, TileSampler
     from scanml.transforms import ThreatProjector, TrainTransform
 
     dataset = load_dataset(data_dir)

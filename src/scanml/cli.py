@@ -68,7 +68,7 @@ def _is_user_error(exc: Exception) -> bool:
         getattr(sys.modules.get(module), name, None)
         for module, name in (
             ("scanml.config", "ConfigError"),
-            ("scanml.data", "DataError"),
+            ("scanml.dataset", "DataError"),
             ("scanml.registry", "RegistryLookupError"),
             ("scanml.io", "ScanReadError"),
         )

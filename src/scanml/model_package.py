@@ -310,7 +310,7 @@ def _run_record(run_id: str | None) -> tuple[dict[str, str], dict[str, float]]:
 
 def _training_sites(params: dict[str, str]) -> dict[str, dict[str, int]]:
     """Scans per site in the training split, recomputed from the run's data and split settings."""
-    from scanml.data import DataError, assign_splits, load_dataset
+    from scanml.dataset import DataError, assign_splits, load_dataset
 
     path = params.get("data.path")
     if not path or not Path(path).is_dir():

@@ -37,19 +37,13 @@ from tqdm.auto import tqdm
 
 from scanml.config import Config, config_from_json, load_config
 from scanml.console import epoch_line, interrupted_message, say, start_banner
-from scanml.data import (
-    ScanDataset,
-    ScanRecord,
-    TileDataset,
-    TileSampler,
-    assign_splits,
-    load_dataset,
-)
+from scanml.dataset import ScanDataset, ScanRecord, assign_splits, load_dataset
 from scanml.io import ScanReadError, read_scan
 from scanml.metrics import ScanMetrics, ScanOutcome, calibrate_threshold, compute_metrics
 from scanml.models import DenseLogitNet, ModelBundle, create_model
 from scanml.predict import Prediction, Predictor
 from scanml.preprocess import Preprocessing, prepare
+from scanml.tiles import TileDataset, TileSampler
 from scanml.tracking import Tracker, log_model, resolve_tracking_uri, run_tags
 from scanml.transforms import EvalTransform, ThreatProjector, TrainTransform
 

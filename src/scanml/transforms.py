@@ -40,12 +40,13 @@ import cv2
 import numpy as np
 import torch
 
-from scanml.data import PreparedScan, ScanDataset, Tile, prepare_record
+from scanml.dataset import ScanDataset
 from scanml.io import ScanReadError
 from scanml.physics import ATTENUATION_SCALE
 from scanml.preprocess import Preprocessing
 from scanml.synth import CATEGORIES as SYNTH_CATEGORIES
 from scanml.synth import brick_stack_attenuation
+from scanml.tiles import PreparedScan, Tile, prepare_record
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
 import albumentations as A
@@ -73,7 +74,7 @@ _AFFINE_P = 0.5
 
 
 class TrainTransform:
-    """Training augmentation of a :class:`~scanml.data.Tile`: ``transform(tile, rng) -> tile``.
+    """Training augmentation of a :class:`~scanml.tiles.Tile`: ``transform(tile, rng) -> tile``.
 
     Probabilities (``hflip``, ``vflip``, ``noise``, ``blur``, ``row_streaks``)
     say how often a step runs; ranges (``scale_range``, ``gain_range``,
