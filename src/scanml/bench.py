@@ -237,8 +237,9 @@ def loader_benchmark(
 
     from scanml.dataset import load_dataset
     from scanml.preprocess import Preprocessing
+    from scanml.threat_projection import ThreatProjector
     from scanml.tiles import TileDataset, TileSampler
-    from scanml.transforms import ThreatProjector, TrainTransform
+    from scanml.transforms import TrainTransform
 
     dataset = load_dataset(data_dir)
     preprocessing = Preprocessing(channels=channels, spacing_mm=spacing_mm)

@@ -43,9 +43,10 @@ from scanml.metrics import ScanMetrics, ScanOutcome, calibrate_threshold, comput
 from scanml.models import DenseLogitNet, ModelBundle, create_model
 from scanml.predict import Prediction, Predictor
 from scanml.preprocess import Preprocessing, prepare
+from scanml.threat_projection import ThreatProjector
 from scanml.tiles import TileDataset, TileSampler
 from scanml.tracking import Tracker, log_model, resolve_tracking_uri, run_tags
-from scanml.transforms import EvalTransform, ThreatProjector, TrainTransform
+from scanml.transforms import EvalTransform, TrainTransform
 
 __all__ = ["TrainResult", "train", "train_one_epoch", "validate"]
 
