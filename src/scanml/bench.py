@@ -184,8 +184,8 @@ def training_throughput(
     """(tiles/s, FLOP/s) of full training steps (forward, backward, AdamW) on random tiles."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from scanml.losses import DenseTileLoss
     from scanml.models import create_model
-    from scanml.train import DenseTileLoss
 
     device = torch.device(device)
     network = create_model(architecture, in_channels=in_channels, num_categories=4).to(device)

@@ -1,0 +1,139 @@
+"""Whole-scan validation during training, and the hard negatives mined between epochs.
+
+Validation runs the same :class:`~scanml.predict.Predictor` on whole scans
+that scoring uses, so a validation AUROC is a statement about whole scans,
+never about tiles. The validation scans are read and prepared once per run
+(:func:`load_validation_scans`), not once per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from scanml.config import Config
+from scanml.dataset import ScanDataset, ScanRecord
+from scanml.io import ScanReadError, read_scan
+from scanml.metrics import ScanMetrics, ScanOutcome, compute_metrics
+from scanml.models import ModelBundle
+from scanml.predict import Prediction, Predictor
+from scanml.preprocess import Preprocessing, prepare
+
+__all__ = ["ValidationScan", "load_validation_scans", "mine_hard_negatives", "validate"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ValidationScan:
+    """A validation scan kept on the model grid: decoded once per run, not once per epoch."""
+
+    record: ScanRecord
+    prepared: np.ndarray  # float32 [C, H', W'] in [0, 1]
+    shape_hw: tuple[int, int]  # the scan's own pixels, where predictions are reported
+    spacing_mm: tuple[float, float]
+
+
+def validate(
+    bundle: ModelBundle,
+    scans: Sequence[ValidationScan],
+    *,
+    device: torch.device,
+    config: Config,
+    progress: bool = True,
+) -> tuple[ScanMetrics, list[tuple[ValidationScan, Prediction]]]:
+    """Score whole validation scans through the Predictor and compute scan metrics."""
+    predictor = Predictor(
+        bundle, device=device, max_block_pixels=config.validation.max_block_pixels
+    )
+    outcomes, predictions = [], []
+    for item in tqdm(scans, desc="validation", unit="scan", disable=not progress, leave=False):
+        prediction = predictor.predict_array(
+            item.prepared, scan_shape_hw=item.shape_hw, scan_spacing_mm=item.spacing_mm
+        )
+        predictions.append((item, prediction))
+        outcomes.append(ScanOutcome.of(item.record, prediction))
+    return compute_metrics(outcomes), predictions
+
+
+def mine_hard_negatives(
+    bundle: ModelBundle,
+    records: ScanDataset,
+    *,
+    per_scan: int,
+    tile_size: int,
+    max_scans: int | None = None,
+    seed: int = 0,
+    device: torch.device,
+    progress: bool = True,
+) -> dict[str, list[tuple[int, int, float]]]:
+    """The locations of clean training scans the current model scores highest.
+
+    Returned in model-grid pixels (tile centres), per scan id. Peaks closer
+    than half a tile are suppressed so one corner post does not fill the list.
+    With ``max_scans``, a sample of that many clean scans (drawn with
+    ``seed``, so successive rounds visit different scans) bounds the cost.
+    """
+    predictor = Predictor(bundle, device=device)
+    grid = bundle.network.grid
+    mined: dict[str, list[tuple[int, int, float]]] = {}
+    clean = [record for record in records.records if record.label == 0]
+    if max_scans is not None and len(clean) > max_scans:
+        clean = random.Random(seed).sample(clean, max_scans)
+    for record in tqdm(
+        clean, desc="mining hard negatives", unit="scan", disable=not progress, leave=False
+    ):
+        try:
+            scan = read_scan(record.path, spacing_mm=record.spacing_mm, site=record.site)
+        except ScanReadError as exc:
+            log.warning("hard-negative mining skips %s", exc)
+            continue
+        dense = predictor.predict(scan).dense_logits[0]  # the anomaly channel
+        mined[record.scan_id] = _top_locations(
+            dense, per_scan, grid.stride, grid.offset, tile_size // 2
+        )
+    return mined
+
+
+def _top_locations(
+    dense: np.ndarray, count: int, stride: int, offset: float, min_distance: int
+) -> list[tuple[int, int, float]]:
+    """The ``count`` highest cells, as model-grid pixel centres, at least ``min_distance`` apart."""
+    order = np.argsort(dense, axis=None)[::-1]
+    picked: list[tuple[int, int, float]] = []
+    for flat in order:
+        row, col = np.unravel_index(flat, dense.shape)
+        y, x = round(offset + stride * int(row)), round(offset + stride * int(col))
+        if all(abs(y - py) >= min_distance or abs(x - px) >= min_distance for py, px, _ in picked):
+            picked.append((y, x, float(dense[row, col])))
+            if len(picked) == count:
+                break
+    return picked
+
+
+def load_validation_scans(
+    val_set: ScanDataset, config: Config, preprocessing: Preprocessing
+) -> list[ValidationScan]:
+    records = list(val_set.records)
+    if config.data.max_val_scans and len(records) > config.data.max_val_scans:
+        rng = random.Random(config.seed)
+        records = sorted(rng.sample(records, config.data.max_val_scans), key=lambda r: r.scan_id)
+    scans = []
+    for record in records:
+        try:
+            scan = read_scan(record.path, spacing_mm=record.spacing_mm, site=record.site)
+        except ScanReadError as exc:
+            log.warning("validation skips %s", exc)
+            continue
+        scans.append(
+            ValidationScan(
+                record, prepare(scan, preprocessing), scan.attenuation.shape[-2:], scan.spacing_mm
+            )
+        )
+    return scans
