@@ -10,8 +10,13 @@ import argparse
 from pathlib import Path
 
 from scanml import cli_watch
-from scanml.cli_args import subcommand
-from scanml.cli_checks import MODEL_HELP, UserFacingError, check_inputs, check_writable
+from scanml.cli_args import (
+    add_runtime_options,
+    add_scan_job_options,
+    add_store_options,
+    subcommand,
+)
+from scanml.cli_checks import UserFacingError, check_inputs, check_writable
 
 __all__ = ["add_score"]
 
@@ -24,23 +29,10 @@ def add_score(commands: argparse._SubParsersAction) -> None:
         "Score every scan in a folder, glob or manifest. One row per input file, "
         "failures included; a killed job rerun with the same arguments skips what is done.",
     )
-    p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--input", required=True, help="a folder, a glob, or a manifest.csv")
-    p.add_argument("--out", type=Path, required=True, help="the scores table (.parquet)")
-    p.add_argument("--overlays", type=Path, default=None, help="folder for a PNG per flagged scan")
-    p.add_argument(
-        "--tdr", type=Path, default=None, help="folder for a DICOS Threat Detection Report per scan"
+    add_scan_job_options(p, input_help="a folder, a glob, or a manifest.csv")
+    add_runtime_options(
+        p, workers_default=None, workers_help="decoding processes (None: cores - 1, at most 8)"
     )
-    p.add_argument(
-        "--workers", type=int, default=None, help="decoding processes (None: cores - 1, at most 8)"
-    )
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="override the model's calibrated threshold (None: the model's)",
-    )
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     p.add_argument(
         "--allow-outside",
         action="store_true",
@@ -49,7 +41,7 @@ def add_score(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--retry-failed", action="store_true", help="score again the files of error rows"
     )
-    cli_watch.add_store_options(p)
+    add_store_options(p)
     p.set_defaults(func=_run_score)
 
 
