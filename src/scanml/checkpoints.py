@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from scanml.config import Config, load_config
+from scanml.fsutil import write_atomically
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -122,12 +122,7 @@ def save_checkpoint(
         "rng": _rng_state(),
         "config": config.model_dump_json(),
     }
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_atomically(path, lambda partial: torch.save(payload, partial))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from mlflow import MlflowClient
 
 from scanml import __version__
 from scanml.exchange import ExchangeError, verify_package
+from scanml.fsutil import write_atomically
 from scanml.models import CONFIG_FILE, WEIGHTS_FILE, ModelBundle
 
 __all__ = ["ImportedModel", "ModelCard", "export_model", "import_model"]
@@ -150,12 +151,14 @@ def export_model(
             },
             checksums=["sha256"],
         )
-        partial = out.with_name(f".{out.name}.partial")
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(bag.rglob("*")):
-                if path.is_file():
-                    archive.write(path, path.relative_to(bag).as_posix())
-        os.replace(partial, out)
+
+        def write_zip(partial: Path) -> None:
+            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for path in sorted(bag.rglob("*")):
+                    if path.is_file():
+                        archive.write(path, path.relative_to(bag).as_posix())
+
+        write_atomically(out, write_zip)
     return card
 
 

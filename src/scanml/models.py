@@ -36,6 +36,7 @@ from torch import nn
 from torch.func import functional_call
 
 from scanml import __version__
+from scanml.fsutil import write_atomically, write_text_atomically
 from scanml.preprocess import Preprocessing
 
 __all__ = [
@@ -266,7 +267,7 @@ class ModelBundle:
             key: value.detach().to("cpu").contiguous()
             for key, value in self.network.state_dict().items()
         }
-        _write_atomically(folder / WEIGHTS_FILE, lambda path: save_file(tensors, path))
+        write_atomically(folder / WEIGHTS_FILE, lambda path: save_file(tensors, path))
         config = {
             "format": _BUNDLE_FORMAT,
             "format_version": _BUNDLE_FORMAT_VERSION,
@@ -281,7 +282,7 @@ class ModelBundle:
             "metadata": self.metadata,
         }
         text = json.dumps(config, indent=2) + "\n"
-        _write_atomically(folder / CONFIG_FILE, lambda path: path.write_text(text))
+        write_text_atomically(folder / CONFIG_FILE, text)
         return folder
 
     @classmethod
@@ -674,9 +675,3 @@ def _read_bundle_config(folder: Path) -> dict[str, Any]:
             f"(format {config.get('format')!r}, version {config.get('format_version')!r})"
         )
     return config
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    write(partial)
-    os.replace(partial, path)
