@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from scanml.device import resolve_device
+
 __all__ = [
     "BenchmarkReport",
     "loader_benchmark",
@@ -89,11 +91,7 @@ def run_benchmarks(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    resolved = torch.device(
-        "cuda"
-        if device == "auto" and torch.cuda.is_available()
-        else ("cpu" if device == "auto" else device)
-    )
+    resolved = resolve_device(device)
     report = BenchmarkReport(
         context={
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -41,6 +41,7 @@ import torch
 from scipy import ndimage
 from torch.utils.flop_counter import FlopCounterMode
 
+from scanml.device import resolve_device
 from scanml.io import Scan
 from scanml.models import ModelBundle, OutputGrid, create_model
 from scanml.preprocess import Preprocessing, prepare, scale_box
@@ -109,7 +110,7 @@ class Predictor:
         if batch_size < 1 or max_block_pixels < 1:
             raise ValueError("batch_size and max_block_pixels must be positive")
         self.bundle = bundle
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.network = bundle.network.to(self.device)
         self.max_block_pixels = max_block_pixels
         self.batch_size = batch_size
@@ -315,12 +316,6 @@ class _Block:
     def keep(self, dense: torch.Tensor) -> torch.Tensor:
         rows, cols = self.rows, self.cols
         return dense[:, rows.keep_start : rows.keep_stop, cols.keep_start : cols.keep_stop]
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @contextlib.contextmanager

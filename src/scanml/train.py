@@ -44,6 +44,7 @@ from scanml.checkpoints import (
 from scanml.config import Config, config_from_json
 from scanml.console import epoch_line, interrupted_message, say, start_banner
 from scanml.dataset import ScanDataset, assign_splits, load_dataset
+from scanml.device import resolve_device
 from scanml.io import read_scan
 from scanml.losses import DenseTileLoss
 from scanml.metrics import ScanMetrics, ScanOutcome, calibrate_threshold
@@ -109,7 +110,7 @@ def train(
     assert config is not None
     if checkpoint is None:
         config.save(run_dir / "config.yaml")
-    device = _device(config.train.device)
+    device = resolve_device(config.train.device)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     _seed_everything(config.seed)
@@ -631,12 +632,6 @@ def _parameter_groups(network: nn.Module, weight_decay: float) -> list[dict[str,
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _seed_everything(seed: int) -> None:
