@@ -344,7 +344,7 @@ def _loader_and_training_section(
 def _inference_section(
     report: BenchmarkReport, *, peak: float, quick: bool, device: torch.device
 ) -> None:
-    from scanml.predict import inference_benchmark
+    from scanml.bench_inference import inference_benchmark
 
     for row in inference_benchmark("resnet18", device=device, quick=quick):
         label = row["scan"]
