@@ -21,7 +21,11 @@ class WarmupCosine:
 
     ``total_steps`` may be changed while training (a time budget sets it
     once the epoch length is known); being an object, not a closure, it is
-    saved with the scheduler's state.
+    saved with the scheduler's state. Not ``SequentialLR(LinearLR,
+    CosineAnnealingLR)``: under ``train.time_budget_min`` the planned length is
+    re-planned after every epoch, and SequentialLR's milestones and
+    CosineAnnealingLR's ``T_max`` are fixed when they are built (its recursive
+    update assumes ``T_max`` never changes), so they cannot express it.
     """
 
     def __init__(self, warmup_steps: int, total_steps: int) -> None:
