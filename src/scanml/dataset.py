@@ -36,6 +36,9 @@ __all__ = [
     "ScanRecord",
     "assign_splits",
     "load_dataset",
+    "manifest_spacing",
+    "manifest_text",
+    "read_manifest_table",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -264,10 +267,16 @@ def assign_splits(
 # -- helpers: manifest and annotations --------------------------------------------------
 
 
-def _read_manifest(path: Path, root: Path) -> dict[str, ScanRecord]:
-    """The manifest's scans, keyed by their normalised relative path (what COCO file names match)."""
+def read_manifest_table(path: str | Path) -> pd.DataFrame:
+    """A manifest's cells as written: the contract's text columns as text, empty cells missing.
+
+    The one reader of ``manifest.csv``: :func:`load_dataset` validates its
+    rows against the contract, the scoring job (:mod:`scanml.score_inputs`)
+    reads the ``path``, ``scan_id``, ``site`` and spacing columns from it.
+    Raises DataError when the file is not a readable CSV.
+    """
     try:
-        frame = pd.read_csv(
+        return pd.read_csv(
             path,
             dtype=dict.fromkeys(_TEXT_COLUMNS, str),
             keep_default_na=False,
@@ -276,6 +285,16 @@ def _read_manifest(path: Path, root: Path) -> dict[str, ScanRecord]:
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError([f"{path}: not a readable CSV file ({exc})"]) from exc
+
+
+def manifest_text(value: Any) -> str:
+    """A text cell as written, stripped; a missing cell or column is empty."""
+    return "" if value is None or pd.isna(value) else str(value).strip()
+
+
+def _read_manifest(path: Path, root: Path) -> dict[str, ScanRecord]:
+    """The manifest's scans, keyed by their normalised relative path (what COCO file names match)."""
+    frame = read_manifest_table(path)
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing:
         raise DataError([f"{path}: missing column(s) {missing}; found {list(frame.columns)}"])
@@ -289,7 +308,7 @@ def _read_manifest(path: Path, root: Path) -> dict[str, ScanRecord]:
     rows = zip(frame.to_dict("records"), extras.to_dict("records"), strict=True)
     for row_number, (row, row_extras) in enumerate(rows, start=1):
         where = f"{path}: row {row_number} (line {row_number + 1})"
-        text = {c: _text(row.get(c)) for c in _TEXT_COLUMNS}
+        text = {c: manifest_text(row.get(c)) for c in _TEXT_COLUMNS}
         row_problems = [f"{where}, column {c!r}: empty" for c in REQUIRED_COLUMNS if not text[c]]
         scan_id, relative = text["scan_id"], _normalise_path(text["path"])
         if scan_id and first_row_of_id.setdefault(scan_id, row_number) != row_number:
@@ -308,7 +327,7 @@ def _read_manifest(path: Path, root: Path) -> dict[str, ScanRecord]:
         scan_path = root / relative
         if relative and not scan_path.is_file():
             row_problems.append(f"{where}, column 'path': no file at {scan_path}")
-        spacing, spacing_problems = _row_spacing(row, where)
+        spacing, spacing_problems = manifest_spacing(row, where)
         row_problems += spacing_problems
         problems += row_problems
         if not row_problems:
@@ -329,15 +348,14 @@ def _read_manifest(path: Path, root: Path) -> dict[str, ScanRecord]:
     return records
 
 
-def _text(value: Any) -> str:
-    """A text cell as written, stripped; a missing cell or column is empty."""
-    return "" if value is None or pd.isna(value) else str(value).strip()
-
-
-def _row_spacing(
+def manifest_spacing(
     row: Mapping[str, Any], where: str
 ) -> tuple[tuple[float, float] | None, list[str]]:
-    """The row's pixel spacing: row/col columns if given, else the square column, else None."""
+    """A row's (row, column) pixel spacing in mm, and the problems with it.
+
+    ``row_spacing_mm`` with ``col_spacing_mm`` if given, else a square
+    ``spacing_mm``, else None; each problem names ``where`` and the column.
+    """
     values: dict[str, float] = {}
     problems = []
     for column in _SPACING_COLUMNS:
