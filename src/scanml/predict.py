@@ -41,7 +41,7 @@ from scipy import ndimage
 from scanml.device import resolve_device
 from scanml.io import Scan
 from scanml.models import ModelBundle, OutputGrid
-from scanml.preprocess import prepare, scale_box
+from scanml.preprocess import PreparedScan, prepare_scan, scale_box
 
 __all__ = ["Prediction", "Predictor", "Region", "eval_mode"]
 
@@ -127,10 +127,26 @@ class Predictor:
 
     def predict_batch(self, scans: Sequence[Scan]) -> list[Prediction]:
         """Score several scans; equal-sized blocks share forward passes (``batch_size``)."""
-        images = [prepare(scan, self.bundle.preprocessing) for scan in scans]
+        return self._predict_prepared([self.prepare(scan) for scan in scans])
+
+    def prepare(self, scan: Scan) -> PreparedScan:
+        """The scan on this model's grid: what :meth:`predict_prepared` takes.
+
+        For a scan scored more than once (validation every epoch) or
+        decoded elsewhere (the scoring job's worker processes, which call
+        :func:`~scanml.preprocess.prepare_scan` with the bundle's preprocessing).
+        """
+        return prepare_scan(scan, self.bundle.preprocessing)
+
+    def predict_prepared(self, scan: PreparedScan) -> Prediction:
+        """Score a prepared scan, reporting in its own pixels (``shape_hw``, ``spacing_mm``)."""
+        return self._predict_prepared([scan])[0]
+
+    def _predict_prepared(self, scans: Sequence[PreparedScan]) -> list[Prediction]:
+        denses = self._dense_logits([np.asarray(s.image, dtype=np.float32) for s in scans])
         return [
-            self._interpret(dense, scan.attenuation.shape[-2:], scan.spacing_mm)
-            for dense, scan in zip(self._dense_logits(images), scans, strict=True)
+            self._interpret(dense, *self._scan_grid(prepared))
+            for dense, prepared in zip(denses, scans, strict=True)
         ]
 
     def predict_array(
@@ -142,16 +158,23 @@ class Predictor:
     ) -> Prediction:
         """Score an image already on the model grid (float32 [C, H', W'], from ``prepare``).
 
+        :meth:`predict_prepared` takes the same with its scan's grid attached.
+
         Outputs are on the model grid, or in the pixels of the scan it was
         prepared from when that scan's shape and (row, column) spacing are given.
         """
         if (scan_shape_hw is None) != (scan_spacing_mm is None):
             raise ValueError("give both scan_shape_hw and scan_spacing_mm, or neither")
-        if scan_shape_hw is None or scan_spacing_mm is None:
+        return self.predict_prepared(
+            PreparedScan("", prepared, shape_hw=scan_shape_hw, spacing_mm=scan_spacing_mm)
+        )
+
+    def _scan_grid(self, prepared: PreparedScan) -> tuple[Sequence[int], Sequence[float]]:
+        """The pixels a prepared scan's outputs are reported in: the scan's, else the model grid's."""
+        if prepared.shape_hw is None or prepared.spacing_mm is None:
             model_spacing = self.bundle.preprocessing.spacing_mm
-            scan_shape_hw, scan_spacing_mm = prepared.shape[-2:], (model_spacing, model_spacing)
-        [dense] = self._dense_logits([np.asarray(prepared, dtype=np.float32)])
-        return self._interpret(dense, scan_shape_hw, scan_spacing_mm)
+            return prepared.image.shape[-2:], (model_spacing, model_spacing)
+        return prepared.shape_hw, prepared.spacing_mm
 
     # -- the network ----------------------------------------------------------------------
 

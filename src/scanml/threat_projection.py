@@ -20,10 +20,10 @@ import numpy as np
 from scanml.dataset import ScanDataset
 from scanml.io import ScanReadError
 from scanml.physics import ATTENUATION_SCALE
-from scanml.preprocess import Preprocessing
+from scanml.preprocess import PreparedScan, Preprocessing
 from scanml.synth import CATEGORIES as SYNTH_CATEGORIES
 from scanml.synth import brick_stack_attenuation
-from scanml.tiles import PreparedScan, Tile, prepare_record
+from scanml.tiles import Tile, prepare_record
 
 __all__ = ["ThreatObject", "ThreatProjector", "cut_threat_objects", "generate_threat_objects"]
 

@@ -26,7 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from scanml.dataset import DataError, ScanDataset, ScanRecord
 from scanml.io import ScanReadError, read_scan
-from scanml.preprocess import Preprocessing, prepare, scale_box
+from scanml.preprocess import PreparedScan, Preprocessing, prepare_scan
 
 __all__ = [
     "LoaderStats",
@@ -77,20 +77,6 @@ class Tile:
     x0: int
 
 
-@dataclass(frozen=True)
-class PreparedScan:
-    """A scan as the model sees it, with its boxes moved onto the model grid."""
-
-    scan_id: str
-    image: np.ndarray  # float32 [C, H', W'] in [0, 1]
-    boxes: np.ndarray  # float32 [n, 4], x, y, w, h on the model grid
-    box_categories: np.ndarray  # int64 [n], indices into the model's categories
-
-    @property
-    def nbytes(self) -> int:
-        return self.image.nbytes + self.boxes.nbytes + self.box_categories.nbytes
-
-
 def prepare_record(
     record: ScanRecord, preprocessing: Preprocessing, categories: Sequence[str]
 ) -> PreparedScan:
@@ -99,13 +85,13 @@ def prepare_record(
     Raises ScanReadError when the file cannot be read.
     """
     scan = read_scan(record.path, spacing_mm=record.spacing_mm, site=record.site)
-    model_spacing = (preprocessing.spacing_mm, preprocessing.spacing_mm)
-    boxes = np.array(
-        [scale_box((b.x, b.y, b.w, b.h), scan.spacing_mm, model_spacing) for b in record.boxes],
-        dtype=np.float32,
-    ).reshape(-1, 4)
-    box_categories = np.array([categories.index(b.category) for b in record.boxes], dtype=np.int64)
-    return PreparedScan(record.scan_id, prepare(scan, preprocessing), boxes, box_categories)
+    return prepare_scan(
+        scan,
+        preprocessing,
+        scan_id=record.scan_id,
+        boxes=[(b.x, b.y, b.w, b.h) for b in record.boxes],
+        box_categories=[categories.index(b.category) for b in record.boxes],
+    )
 
 
 class TileSampler:

@@ -23,7 +23,7 @@ from scanml.io import ScanReadError, read_scan
 from scanml.metrics import ScanMetrics, ScanOutcome, compute_metrics
 from scanml.models import ModelBundle
 from scanml.predict import Prediction, Predictor
-from scanml.preprocess import Preprocessing, prepare
+from scanml.preprocess import PreparedScan, Preprocessing, prepare_scan
 
 __all__ = ["ValidationScan", "load_validation_scans", "mine_hard_negatives", "validate"]
 
@@ -32,12 +32,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ValidationScan:
-    """A validation scan kept on the model grid: decoded once per run, not once per epoch."""
+    """A validation scan: its manifest record (label, boxes, site) and the scan prepared once.
+
+    Prepared once per run, not once per epoch; the Predictor scores
+    ``prepared`` in the scan's own pixels, where the record's boxes are.
+    """
 
     record: ScanRecord
-    prepared: np.ndarray  # float32 [C, H', W'] in [0, 1]
-    shape_hw: tuple[int, int]  # the scan's own pixels, where predictions are reported
-    spacing_mm: tuple[float, float]
+    prepared: PreparedScan
 
 
 def validate(
@@ -54,9 +56,7 @@ def validate(
     )
     outcomes, predictions = [], []
     for item in tqdm(scans, desc="validation", unit="scan", disable=not progress, leave=False):
-        prediction = predictor.predict_array(
-            item.prepared, scan_shape_hw=item.shape_hw, scan_spacing_mm=item.spacing_mm
-        )
+        prediction = predictor.predict_prepared(item.prepared)
         predictions.append((item, prediction))
         outcomes.append(ScanOutcome.of(item.record, prediction))
     return compute_metrics(outcomes), predictions
@@ -132,8 +132,6 @@ def load_validation_scans(
             log.warning("validation skips %s", exc)
             continue
         scans.append(
-            ValidationScan(
-                record, prepare(scan, preprocessing), scan.attenuation.shape[-2:], scan.spacing_mm
-            )
+            ValidationScan(record, prepare_scan(scan, preprocessing, scan_id=record.scan_id))
         )
     return scans
