@@ -175,7 +175,8 @@ def import_model(
     ``example`` is a scan MLflow scores to check the model's signature; by
     default a small simulated flat scan is written for that.
     """
-    from scanml.tracking import log_model, resolve_tracking_uri, run_tags
+    from scanml.pyfunc import log_model
+    from scanml.tracking import resolve_tracking_uri, run_tags
 
     package = Path(package)
     if not package.is_file():

@@ -22,7 +22,7 @@ import torch
 
 from scanml.io import Scan, read_scan
 from scanml.mlflow_client import ResolvedModel
-from scanml.plots import save_overlay
+from scanml.overlays import save_overlay
 from scanml.predict import Prediction, Predictor, Region
 from scanml.preprocess import PreparedScan, Preprocessing, model_grid_shape, prepare_scan
 from scanml.score_inputs import InputItem

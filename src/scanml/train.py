@@ -51,10 +51,11 @@ from scanml.metrics import ScanMetrics, ScanOutcome, calibrate_threshold
 from scanml.models import DenseLogitNet, ModelBundle, create_model
 from scanml.predict import Prediction
 from scanml.preprocess import Preprocessing
+from scanml.pyfunc import log_model
 from scanml.schedule import WarmupCosine, epoch_steps, plan_epochs
 from scanml.threat_projection import ThreatProjector
 from scanml.tiles import TileDataset, TileSampler
-from scanml.tracking import Tracker, log_model, resolve_tracking_uri, run_tags
+from scanml.tracking import Tracker, resolve_tracking_uri, run_tags
 from scanml.transforms import EvalTransform, TrainTransform
 from scanml.validation import (
     ValidationScan,
@@ -543,7 +544,7 @@ def _log_figures(
 ) -> None:
     import matplotlib.pyplot as plt
 
-    from scanml import plots
+    from scanml import overlays, plots
 
     outcomes = [ScanOutcome.of(item.record, prediction) for item, prediction in predictions]
     for name, figure in (
@@ -558,7 +559,7 @@ def _log_figures(
     for item, prediction in ranked[: config.validation.overlays]:
         scan = read_scan(item.record.path, spacing_mm=item.record.spacing_mm, site=item.record.site)
         title = f"{item.record.scan_id} label={item.record.label} score={prediction.score:.3f}"
-        image = plots.overlay_image(
+        image = overlays.overlay_image(
             scan, prediction, title=title, heat_floor=bundle.region_threshold
         )
         tracker.log_image(image, f"overlays/{item.record.scan_id}.png")
