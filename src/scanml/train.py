@@ -43,23 +43,21 @@ from scanml.checkpoints import (
 )
 from scanml.config import Config, config_from_json
 from scanml.console import epoch_line, interrupted_message, say, start_banner
-from scanml.dataset import ScanDataset, assign_splits, load_dataset
+from scanml.dataset import assign_splits, load_dataset
 from scanml.device import resolve_device
-from scanml.io import read_scan
 from scanml.losses import DenseTileLoss
-from scanml.metrics import ScanMetrics, ScanOutcome, calibrate_threshold
+from scanml.metrics import calibrate_threshold
 from scanml.models import DenseLogitNet, ModelBundle, create_model
-from scanml.predict import Prediction
 from scanml.preprocess import Preprocessing
 from scanml.pyfunc import log_model
 from scanml.schedule import WarmupCosine, epoch_steps, plan_epochs
-from scanml.threat_projection import ThreatProjector
 from scanml.tiles import TileDataset, TileSampler
 from scanml.tracking import Tracker, resolve_tracking_uri, run_tags
-from scanml.transforms import EvalTransform, TrainTransform
+from scanml.transforms import transform_from_config
 from scanml.validation import (
     ValidationScan,
     load_validation_scans,
+    log_validation_figures,
     mine_hard_negatives,
     validate,
 )
@@ -145,7 +143,7 @@ def train(
         train_set,
         preprocessing,
         sampler,
-        transform=_train_transform(config, train_set, preprocessing),
+        transform=transform_from_config(config, train_set, preprocessing),
         categories=config.model.categories,
         cache_bytes=config.data.cache_bytes,
         seed=config.seed,
@@ -507,7 +505,7 @@ def _finish(
         {f"best/{key}": value for key, value in final.items()}, step=state.best_epoch
     )
     tracker.log_metrics({"best/threshold": bundle.threshold}, step=state.best_epoch)
-    _log_figures(tracker, metrics, predictions, bundle, config)
+    log_validation_figures(tracker, metrics, predictions, bundle, config)
     tracker.log_text(json.dumps(final, indent=2, sort_keys=True), "metrics/best.json")
 
     model_uri = None
@@ -535,36 +533,6 @@ def _finish(
     )
 
 
-def _log_figures(
-    tracker: Tracker,
-    metrics: ScanMetrics,
-    predictions: Sequence[tuple[ValidationScan, Prediction]],
-    bundle: ModelBundle,
-    config: Config,
-) -> None:
-    import matplotlib.pyplot as plt
-
-    from scanml import overlays, plots
-
-    outcomes = [ScanOutcome.of(item.record, prediction) for item, prediction in predictions]
-    for name, figure in (
-        ("roc.png", plots.plot_roc(outcomes)),
-        ("precision_recall.png", plots.plot_pr(outcomes)),
-        ("detection_rate_vs_false_alarms.png", plots.plot_dr_far(outcomes)),
-        ("confusion_matrix.png", plots.plot_confusion(outcomes, bundle.threshold)),
-    ):
-        tracker.log_figure(figure, f"plots/{name}")
-        plt.close(figure)
-    ranked = sorted(predictions, key=lambda pair: pair[1].score, reverse=True)
-    for item, prediction in ranked[: config.validation.overlays]:
-        scan = read_scan(item.record.path, spacing_mm=item.record.spacing_mm, site=item.record.site)
-        title = f"{item.record.scan_id} label={item.record.label} score={prediction.score:.3f}"
-        image = overlays.overlay_image(
-            scan, prediction, title=title, heat_floor=bundle.region_threshold
-        )
-        tracker.log_image(image, f"overlays/{item.record.scan_id}.png")
-
-
 # -- small helpers ----------------------------------------------------------------------
 
 
@@ -584,42 +552,6 @@ def _bundle(
         threshold=threshold,
         region_threshold=config.validation.region_threshold,
         metadata={"run_id": run_id, "output_stride": network.output_stride},
-    )
-
-
-def _train_transform(
-    config: Config, train_set: ScanDataset, preprocessing: Preprocessing
-) -> TrainTransform | EvalTransform:
-    if not config.augment.enabled:
-        return EvalTransform()
-    augment = config.augment
-    tip = None
-    if augment.tip.enabled and augment.tip.rate > 0:
-        tip = ThreatProjector.from_dataset(
-            train_set,
-            preprocessing,
-            rate=augment.tip.rate,
-            depth_range=augment.tip.depth,
-            synthetic_fraction=augment.tip.synthetic_fraction,
-            categories=config.model.categories,
-            seed=config.seed,
-        )
-    return TrainTransform(
-        tip=tip,
-        hflip=augment.hflip,
-        scale_range=augment.scale,
-        gain_range=augment.gain,
-        offset_range=augment.offset,
-        noise=augment.noise,
-        i0_range=augment.noise_i0,
-        blur=augment.blur,
-        blur_sigma=augment.blur_sigma,
-        row_streaks=augment.row_streaks,
-        beam_profile=augment.beam_profile,
-        beam_profile_amplitude=augment.beam_profile_amplitude,
-        saturation=augment.saturation,
-        saturation_range=augment.saturation_range,
-        attenuation_scale=config.model.attenuation_scale,
     )
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -47,6 +47,11 @@ from scanml.threat_projection import (
     generate_threat_objects,
 )
 from scanml.tiles import Tile
+
+if TYPE_CHECKING:
+    from scanml.config import Config
+    from scanml.dataset import ScanDataset
+    from scanml.preprocess import Preprocessing
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
 import albumentations as A
@@ -64,6 +69,7 @@ __all__ = [
     "TrainTransform",
     "cut_threat_objects",
     "generate_threat_objects",
+    "transform_from_config",
 ]
 
 # Scaling resamples the tile; half the tiles keep the native sampling that
@@ -151,6 +157,43 @@ class EvalTransform:
 
     def __call__(self, tile: Tile, rng: np.random.Generator) -> Tile:
         return tile
+
+
+def transform_from_config(
+    config: Config, train_set: ScanDataset, preprocessing: Preprocessing
+) -> TrainTransform | EvalTransform:
+    """The training transform a configuration asks for (its ``augment`` section), TIP included."""
+    if not config.augment.enabled:
+        return EvalTransform()
+    augment = config.augment
+    tip = None
+    if augment.tip.enabled and augment.tip.rate > 0:
+        tip = ThreatProjector.from_dataset(
+            train_set,
+            preprocessing,
+            rate=augment.tip.rate,
+            depth_range=augment.tip.depth,
+            synthetic_fraction=augment.tip.synthetic_fraction,
+            categories=config.model.categories,
+            seed=config.seed,
+        )
+    return TrainTransform(
+        tip=tip,
+        hflip=augment.hflip,
+        scale_range=augment.scale,
+        gain_range=augment.gain,
+        offset_range=augment.offset,
+        noise=augment.noise,
+        i0_range=augment.noise_i0,
+        blur=augment.blur,
+        blur_sigma=augment.blur_sigma,
+        row_streaks=augment.row_streaks,
+        beam_profile=augment.beam_profile,
+        beam_profile_amplitude=augment.beam_profile_amplitude,
+        saturation=augment.saturation,
+        saturation_range=augment.saturation_range,
+        attenuation_scale=config.model.attenuation_scale,
+    )
 
 
 class AttenuationGain(A.ImageOnlyTransform):

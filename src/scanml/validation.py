@@ -12,6 +12,7 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,7 +26,16 @@ from scanml.models import ModelBundle
 from scanml.predict import Prediction, Predictor
 from scanml.preprocess import PreparedScan, Preprocessing, prepare_scan
 
-__all__ = ["ValidationScan", "load_validation_scans", "mine_hard_negatives", "validate"]
+if TYPE_CHECKING:
+    from scanml.tracking import Tracker
+
+__all__ = [
+    "ValidationScan",
+    "load_validation_scans",
+    "log_validation_figures",
+    "mine_hard_negatives",
+    "validate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +145,34 @@ def load_validation_scans(
             ValidationScan(record, prepare_scan(scan, preprocessing, scan_id=record.scan_id))
         )
     return scans
+
+
+def log_validation_figures(
+    tracker: Tracker,
+    metrics: ScanMetrics,
+    predictions: Sequence[tuple[ValidationScan, Prediction]],
+    bundle: ModelBundle,
+    config: Config,
+) -> None:
+    """The run's ROC, PR, DR-vs-FAR and confusion figures, and overlays of its top-scored scans."""
+    import matplotlib.pyplot as plt
+
+    from scanml import overlays, plots
+
+    outcomes = [ScanOutcome.of(item.record, prediction) for item, prediction in predictions]
+    for name, figure in (
+        ("roc.png", plots.plot_roc(outcomes)),
+        ("precision_recall.png", plots.plot_pr(outcomes)),
+        ("detection_rate_vs_false_alarms.png", plots.plot_dr_far(outcomes)),
+        ("confusion_matrix.png", plots.plot_confusion(outcomes, bundle.threshold)),
+    ):
+        tracker.log_figure(figure, f"plots/{name}")
+        plt.close(figure)
+    ranked = sorted(predictions, key=lambda pair: pair[1].score, reverse=True)
+    for item, prediction in ranked[: config.validation.overlays]:
+        scan = read_scan(item.record.path, spacing_mm=item.record.spacing_mm, site=item.record.site)
+        title = f"{item.record.scan_id} label={item.record.label} score={prediction.score:.3f}"
+        image = overlays.overlay_image(
+            scan, prediction, title=title, heat_floor=bundle.region_threshold
+        )
+        tracker.log_image(image, f"overlays/{item.record.scan_id}.png")
