@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from scanml.bench import matmul_flops
+from scanml.bench_inference import inference_benchmark
 from scanml.io import Scan
-from scanml.predict import inference_benchmark
 from scanml.preprocess import Preprocessing, prepare
 
 

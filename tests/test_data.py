@@ -452,7 +452,7 @@ def test_unreadable_scan_is_logged_skipped_and_counted(
 ) -> None:
     (dataset_dir / "scans/clean-b.npy").write_bytes(b"not an array at all")
     tiles = _tiles(dataset_dir)
-    with caplog.at_level(logging.WARNING, logger="scanml.data"):
+    with caplog.at_level(logging.WARNING, logger="scanml.tiles"):
         emitted = list(tiles)
     assert {t.scan_id for t in emitted} == {"clean-a", "drugs", "corner"}
     assert tiles.stats.failed_scans == ["clean-b"] and tiles.stats.totals()["failures"] == 1

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from scanml.bench_inference import inference_benchmark
 from scanml.io import Scan
 from scanml.models import DenseLogitNet, ModelBundle, OutputGrid, create_model
-from scanml.predict import Predictor, inference_benchmark
+from scanml.predict import Predictor
 from scanml.preprocess import Preprocessing
 
 CLASSES = ["drugs", "weapon", "cigarettes", "other"]

@@ -72,6 +72,24 @@ def test_baseline_finds_a_dense_block_in_a_flat_scan() -> None:
     assert len(outcome.regions) == 1
 
 
+def test_baseline_threshold_is_calibrated_like_every_scanml_threshold() -> None:
+    import numpy as np
+
+    from scanml.metrics import CalibrationWarning, threshold_at_far
+
+    scans = []
+    for k in range(5):
+        attenuation = np.full((1, 200, 400), 1.0, dtype=np.float32)
+        attenuation[:, 100:130, 150:200] += 0.1 * (k + 1)
+        scans.append(Scan(attenuation, (8.0, 8.0), ["high"], {}))
+    detector = LocalContrastDetector()
+    scores = [detector.score(scan)[0] for scan in scans]
+    # 5 clean scans cannot resolve a 10 % false-alarm rate: said, as for a model's threshold.
+    with pytest.warns(CalibrationWarning, match="at least 10"):
+        threshold = detector.calibrate(scans, far=0.1)
+    assert threshold == detector.threshold == threshold_at_far(scores, 0.1) == max(scores)
+
+
 @pytest.mark.slow
 def test_quality_benchmark_end_to_end(tiny_dataset: Path, tmp_path: Path, mlflow_uri: str) -> None:
     left_out = generate_dataset(

@@ -236,12 +236,12 @@ def test_missing_dataset_is_a_clear_cli_error(tmp_path: Path) -> None:
 
 
 def test_time_budget_plans_the_epochs_that_fit() -> None:
-    from scanml.train import WarmupCosine, _plan_epochs
+    from scanml.schedule import WarmupCosine, plan_epochs
 
     # 3 epochs of 100 s ran in a 600 s budget: 3 more fit, never more than the maximum.
-    assert _plan_epochs(600.0, 300.0, 3, 50) == 6
-    assert _plan_epochs(600.0, 300.0, 3, 4) == 4
-    assert _plan_epochs(600.0, 700.0, 3, 50) == 3  # over budget: stop where it is
+    assert plan_epochs(600.0, 300.0, 3, 50) == 6
+    assert plan_epochs(600.0, 300.0, 3, 4) == 4
+    assert plan_epochs(600.0, 700.0, 3, 50) == 3  # over budget: stop where it is
     schedule = WarmupCosine(10, 100)
     assert schedule(0) == pytest.approx(0.1) and schedule(10) == pytest.approx(1.0)
     schedule.total_steps = 50  # a budget shortens the run: the cosine ends there

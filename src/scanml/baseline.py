@@ -16,13 +16,14 @@ domain-shift benchmark.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
-from scanml.metrics import ScanOutcome, threshold_at_far
+from scanml.metrics import ScanOutcome, calibrate_threshold
 from scanml.predict import Region
 from scanml.preprocess import Preprocessing, prepare
 
@@ -63,8 +64,13 @@ class LocalContrastDetector:
         return float(excess.max()), excess
 
     def calibrate(self, clean_scans: Sequence, far: float = 0.01) -> float:
-        """Set ``threshold`` to flag at most ``far`` of ``clean_scans``; returns it."""
-        self.threshold = threshold_at_far([self.score(scan)[0] for scan in clean_scans], far)
+        """Set ``threshold`` to flag at most ``far`` of ``clean_scans``; returns it.
+
+        Calibrated as every scanml threshold is (:func:`scanml.metrics.calibrate_threshold`,
+        which warns when there are too few clean scans for ``far``); NaN without any.
+        """
+        clean = [self.score(scan)[0] for scan in clean_scans]
+        self.threshold = calibrate_threshold(clean, far, fallback=math.nan).threshold
         return self.threshold
 
     def outcome(self, record, scan) -> ScanOutcome:

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from scanml.device import resolve_device
+
 __all__ = [
     "BenchmarkReport",
     "loader_benchmark",
@@ -89,11 +91,7 @@ def run_benchmarks(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    resolved = torch.device(
-        "cuda"
-        if device == "auto" and torch.cuda.is_available()
-        else ("cpu" if device == "auto" else device)
-    )
+    resolved = resolve_device(device)
     report = BenchmarkReport(
         context={
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -184,8 +182,8 @@ def training_throughput(
     """(tiles/s, FLOP/s) of full training steps (forward, backward, AdamW) on random tiles."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from scanml.losses import DenseTileLoss
     from scanml.models import create_model
-    from scanml.train import DenseTileLoss
 
     device = torch.device(device)
     network = create_model(architecture, in_channels=in_channels, num_categories=4).to(device)
@@ -235,9 +233,11 @@ def loader_benchmark(
         raise ValueError("need at least two epochs: one to fill the caches, one to measure")
     from torch.utils.data import DataLoader
 
-    from scanml.data import TileDataset, TileSampler, load_dataset
+    from scanml.dataset import load_dataset
     from scanml.preprocess import Preprocessing
-    from scanml.transforms import ThreatProjector, TrainTransform
+    from scanml.threat_projection import ThreatProjector
+    from scanml.tiles import TileDataset, TileSampler
+    from scanml.transforms import TrainTransform
 
     dataset = load_dataset(data_dir)
     preprocessing = Preprocessing(channels=channels, spacing_mm=spacing_mm)
@@ -344,7 +344,7 @@ def _loader_and_training_section(
 def _inference_section(
     report: BenchmarkReport, *, peak: float, quick: bool, device: torch.device
 ) -> None:
-    from scanml.predict import inference_benchmark
+    from scanml.bench_inference import inference_benchmark
 
     for row in inference_benchmark("resnet18", device=device, quick=quick):
         label = row["scan"]

@@ -12,24 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from scanml.cli_args import add_runtime_options, add_scan_job_options, add_store_options
+from scanml.cli_checks import UserFacingError
+
 # scanml.watch.DEFAULT_STATUS_PORT, not imported: `scanml --help` must not load numpy.
 DEFAULT_STATUS_PORT = 8765
-
-
-def add_store_options(p: argparse.ArgumentParser) -> None:
-    """``scanml score``'s options for a DICOMweb store."""
-    p.add_argument(
-        "--tdr-to",
-        default=None,
-        metavar="URL",
-        help="store each Threat Detection Report in this DICOMweb store (dicomweb://HOST/PATH)",
-    )
-    p.add_argument(
-        "--spool",
-        type=Path,
-        default=None,
-        help="folder for scans fetched from a dicomweb:// input (default: <out>.spool)",
-    )
 
 
 def uses_store(args: argparse.Namespace) -> bool:
@@ -73,25 +60,8 @@ def add_watch(commands: argparse._SubParsersAction) -> None:
         "in hand and exits 0. Status: a line on stderr and JSON at "
         "http://127.0.0.1:PORT/status.",
     )
-    p.add_argument(
-        "--model",
-        required=True,
-        help="runs:/..., models:/NAME/VERSION, models:/NAME@champion or a folder",
-    )
-    p.add_argument(
-        "--input", required=True, help="a folder, or a store: dicomweb://HOST[:PORT]/PATH[?query]"
-    )
-    p.add_argument("--out", type=Path, required=True, help="the scores table (.parquet)")
-    p.add_argument("--overlays", type=Path, default=None, help="folder for a PNG per flagged scan")
-    p.add_argument(
-        "--tdr", type=Path, default=None, help="folder for a DICOS Threat Detection Report per scan"
-    )
-    p.add_argument(
-        "--tdr-to", default=None, metavar="URL", help="store each report in this DICOMweb store"
-    )
-    p.add_argument(
-        "--spool", type=Path, default=None, help="folder for fetched scans (default: <out>.spool)"
-    )
+    add_scan_job_options(p, input_help="a folder, or a store: dicomweb://HOST[:PORT]/PATH[?query]")
+    add_store_options(p)
     p.add_argument(
         "--poll", type=float, default=1.0, metavar="SECONDS", help="seconds between looks"
     )
@@ -109,18 +79,13 @@ def add_watch(commands: argparse._SubParsersAction) -> None:
         help=f"status endpoint port on 127.0.0.1 (default {DEFAULT_STATUS_PORT}; 0: any free port;"
         " -1: none)",
     )
-    p.add_argument(
-        "--workers", type=int, default=0, help="decoding processes per scan (default 0: in process)"
+    add_runtime_options(
+        p, workers_default=0, workers_help="decoding processes per scan (default 0: in process)"
     )
-    p.add_argument(
-        "--threshold", type=float, default=None, help="override the model's calibrated threshold"
-    )
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     p.set_defaults(func=run_watch)
 
 
 def run_watch(args: argparse.Namespace) -> int:
-    from scanml.cli import UserFacingError
     from scanml.dicomweb import is_dicomweb_url
     from scanml.watch import watch
 
@@ -158,7 +123,6 @@ def run_watch(args: argparse.Namespace) -> int:
 
 def _check_urls(*urls: str | None) -> None:
     """Refuse a malformed dicomweb:// URL in one line, before any model is loaded."""
-    from scanml.cli import UserFacingError
     from scanml.dicomweb import is_dicomweb_url, parse_dicomweb_url
 
     for url in urls:

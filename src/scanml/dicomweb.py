@@ -41,6 +41,7 @@ import pydicom
 import requests
 from dicomweb_client import DICOMwebClient
 
+from scanml.fsutil import write_atomically
 from scanml.tdr import TDR_SOP_CLASS_UID
 
 if TYPE_CHECKING:
@@ -177,14 +178,10 @@ class DicomwebStore:
             instance.sop_instance_uid,
             media_types=(("application/dicom", "*"),),
         )
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{instance.sop_instance_uid}.dcm"
-        partial = folder / f".{path.name}.partial"
-        dataset.save_as(partial, enforce_file_format=True)
-        with partial.open("rb") as stream:
-            os.fsync(stream.fileno())
-        os.replace(partial, path)
-        return path
+        return write_atomically(
+            path, lambda partial: dataset.save_as(partial, enforce_file_format=True)
+        )
 
     def store(self, path: Path) -> str:
         """STOW-RS one DICOM file (a report); its SOP Instance UID once the store has it."""

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from scanml.config import DataConfig
 from scanml.cross_site import CrossSiteTable, cross_site_table
-from scanml.data import ScanRecord, assign_splits, load_dataset
+from scanml.dataset import ScanRecord, assign_splits, load_dataset
 from scanml.fsutil import write_atomically, write_text_atomically
 from scanml.io import ScanReadError, read_scan
 from scanml.metrics import (

@@ -44,7 +44,7 @@ import tifffile
 from PIL import Image
 
 from scanml import __version__
-from scanml.data import DataError, ScanDataset, ScanRecord, load_dataset
+from scanml.dataset import DataError, ScanDataset, ScanRecord, load_dataset
 from scanml.deid import Deidentifier
 from scanml.io.dicos import find_energy_partners
 from scanml.tdr import TDR_SOP_CLASS_UID

@@ -51,7 +51,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torchvision.ops import box_convert, box_iou
 
 if TYPE_CHECKING:
-    from scanml.data import ScanRecord
+    from scanml.dataset import ScanRecord
     from scanml.predict import Prediction
 
 __all__ = [

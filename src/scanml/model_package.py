@@ -35,6 +35,7 @@ from mlflow import MlflowClient
 
 from scanml import __version__
 from scanml.exchange import ExchangeError, verify_package
+from scanml.fsutil import write_atomically
 from scanml.models import CONFIG_FILE, WEIGHTS_FILE, ModelBundle
 
 __all__ = ["ImportedModel", "ModelCard", "export_model", "import_model"]
@@ -149,12 +150,14 @@ def export_model(
             },
             checksums=["sha256"],
         )
-        partial = out.with_name(f".{out.name}.partial")
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(bag.rglob("*")):
-                if path.is_file():
-                    archive.write(path, path.relative_to(bag).as_posix())
-        os.replace(partial, out)
+
+        def write_zip(partial: Path) -> None:
+            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for path in sorted(bag.rglob("*")):
+                    if path.is_file():
+                        archive.write(path, path.relative_to(bag).as_posix())
+
+        write_atomically(out, write_zip)
     return card
 
 
@@ -171,7 +174,8 @@ def import_model(
     ``example`` is a scan MLflow scores to check the model's signature; by
     default a small simulated flat scan is written for that.
     """
-    from scanml.tracking import log_model, resolve_tracking_uri, run_tags
+    from scanml.pyfunc import log_model
+    from scanml.tracking import resolve_tracking_uri, run_tags
 
     package = Path(package)
     if not package.is_file():
@@ -308,7 +312,7 @@ def _run_record(run_id: str | None) -> tuple[dict[str, str], dict[str, float]]:
 
 def _training_sites(params: dict[str, str]) -> dict[str, dict[str, int]]:
     """Scans per site in the training split, recomputed from the run's data and split settings."""
-    from scanml.data import DataError, assign_splits, load_dataset
+    from scanml.dataset import DataError, assign_splits, load_dataset
 
     path = params.get("data.path")
     if not path or not Path(path).is_dir():

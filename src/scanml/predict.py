@@ -21,31 +21,29 @@ Outputs, in the scan's own pixels (the model grid exists only inside):
 - ``regions``: the connected components of the dense probability map at
   the bundle's ``region_threshold``, as boxes.
 
-:func:`inference_benchmark` measures the point of it all: whole-scan
-inference against the naive sliding window (``scanml bench`` and
-``benchmarks/bench_inference.py`` report it).
+:func:`scanml.bench_inference.inference_benchmark` measures the point of it
+all: whole-scan inference against the naive sliding window (``scanml bench``
+and ``benchmarks/bench_inference.py`` report it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage
-from torch.utils.flop_counter import FlopCounterMode
 
+from scanml.device import resolve_device
 from scanml.io import Scan
-from scanml.models import ModelBundle, OutputGrid, create_model
-from scanml.preprocess import Preprocessing, prepare, scale_box
+from scanml.models import ModelBundle, OutputGrid
+from scanml.preprocess import PreparedScan, prepare_scan, scale_box
 
-__all__ = ["Prediction", "Predictor", "Region", "inference_benchmark"]
+__all__ = ["Prediction", "Predictor", "Region", "eval_mode"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +107,7 @@ class Predictor:
         if batch_size < 1 or max_block_pixels < 1:
             raise ValueError("batch_size and max_block_pixels must be positive")
         self.bundle = bundle
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.network = bundle.network.to(self.device)
         self.max_block_pixels = max_block_pixels
         self.batch_size = batch_size
@@ -129,10 +127,26 @@ class Predictor:
 
     def predict_batch(self, scans: Sequence[Scan]) -> list[Prediction]:
         """Score several scans; equal-sized blocks share forward passes (``batch_size``)."""
-        images = [prepare(scan, self.bundle.preprocessing) for scan in scans]
+        return self._predict_prepared([self.prepare(scan) for scan in scans])
+
+    def prepare(self, scan: Scan) -> PreparedScan:
+        """The scan on this model's grid: what :meth:`predict_prepared` takes.
+
+        For a scan scored more than once (validation every epoch) or
+        decoded elsewhere (the scoring job's worker processes, which call
+        :func:`~scanml.preprocess.prepare_scan` with the bundle's preprocessing).
+        """
+        return prepare_scan(scan, self.bundle.preprocessing)
+
+    def predict_prepared(self, scan: PreparedScan) -> Prediction:
+        """Score a prepared scan, reporting in its own pixels (``shape_hw``, ``spacing_mm``)."""
+        return self._predict_prepared([scan])[0]
+
+    def _predict_prepared(self, scans: Sequence[PreparedScan]) -> list[Prediction]:
+        denses = self._dense_logits([np.asarray(s.image, dtype=np.float32) for s in scans])
         return [
-            self._interpret(dense, scan.attenuation.shape[-2:], scan.spacing_mm)
-            for dense, scan in zip(self._dense_logits(images), scans, strict=True)
+            self._interpret(dense, *self._scan_grid(prepared))
+            for dense, prepared in zip(denses, scans, strict=True)
         ]
 
     def predict_array(
@@ -144,16 +158,23 @@ class Predictor:
     ) -> Prediction:
         """Score an image already on the model grid (float32 [C, H', W'], from ``prepare``).
 
+        :meth:`predict_prepared` takes the same with its scan's grid attached.
+
         Outputs are on the model grid, or in the pixels of the scan it was
         prepared from when that scan's shape and (row, column) spacing are given.
         """
         if (scan_shape_hw is None) != (scan_spacing_mm is None):
             raise ValueError("give both scan_shape_hw and scan_spacing_mm, or neither")
-        if scan_shape_hw is None or scan_spacing_mm is None:
+        return self.predict_prepared(
+            PreparedScan("", prepared, shape_hw=scan_shape_hw, spacing_mm=scan_spacing_mm)
+        )
+
+    def _scan_grid(self, prepared: PreparedScan) -> tuple[Sequence[int], Sequence[float]]:
+        """The pixels a prepared scan's outputs are reported in: the scan's, else the model grid's."""
+        if prepared.shape_hw is None or prepared.spacing_mm is None:
             model_spacing = self.bundle.preprocessing.spacing_mm
-            scan_shape_hw, scan_spacing_mm = prepared.shape[-2:], (model_spacing, model_spacing)
-        [dense] = self._dense_logits([np.asarray(prepared, dtype=np.float32)])
-        return self._interpret(dense, scan_shape_hw, scan_spacing_mm)
+            return prepared.image.shape[-2:], (model_spacing, model_spacing)
+        return prepared.shape_hw, prepared.spacing_mm
 
     # -- the network ----------------------------------------------------------------------
 
@@ -168,7 +189,7 @@ class Predictor:
                     by_shape.setdefault(block.shape, []).append(block)
         tensors = [torch.from_numpy(image) for image in images]
         kept: dict[_Block, torch.Tensor] = {}
-        with _eval_mode(self.network), torch.inference_mode():
+        with eval_mode(self.network), torch.inference_mode():
             for same_shape in by_shape.values():
                 for first in range(0, len(same_shape), self.batch_size):
                     batch = same_shape[first : first + self.batch_size]
@@ -317,14 +338,8 @@ class _Block:
         return dense[:, rows.keep_start : rows.keep_stop, cols.keep_start : cols.keep_stop]
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 @contextlib.contextmanager
-def _eval_mode(network: torch.nn.Module) -> Iterator[None]:
+def eval_mode(network: torch.nn.Module) -> Iterator[None]:
     """Eval mode (batch-norm statistics frozen, no dropout) for the block, then back."""
     was_training = network.training
     network.eval()
@@ -424,112 +439,10 @@ def _regions(
     return sorted(regions, key=lambda region: region.score, reverse=True)
 
 
-# -- benchmark ----------------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    # The benchmark moved to scanml.bench_inference; still importable from here.
+    if name in ("inference_benchmark", "CONTAINER_SCANS_M"):
+        from scanml import bench_inference
 
-# Scan extents (length, height) in metres: the container plus 0.5 m at each
-# end and 0.3 m above and below (the truck's chassis and the scan's margins).
-CONTAINER_SCANS_M: dict[str, tuple[float, float]] = {"20 ft": (7.1, 3.5), "40 ft": (13.2, 3.5)}
-
-
-def inference_benchmark(
-    architecture: str = "resnet18",
-    *,
-    device: str | torch.device = "cpu",
-    spacing_mm: float = 8.0,
-    window: int = 128,
-    quick: bool = False,
-    scans_m: Mapping[str, tuple[float, float]] = CONTAINER_SCANS_M,
-) -> list[dict[str, Any]]:
-    """Whole-scan inference against the naive sliding window, per scan size (``scans_m``).
-
-    The whole-scan figure is :meth:`Predictor.predict` end to end (prepare,
-    network, heat map, regions) on a scan already at the model's spacing.
-    The sliding window computes the same dense anomaly logits the way a
-    tile classifier would: one ``window``-pixel tile centred on every output
-    cell, keeping only the centre cell's logit. ``flops_per_s`` is the
-    network's forward FLOPs (``torch.utils.flop_counter``) over the
-    whole-scan time. Random weights: the cost does not depend on them.
-    """
-    torch.manual_seed(0)
-    preprocessing = Preprocessing(channels=("high",), spacing_mm=spacing_mm)
-    network = create_model(architecture, 1, num_categories=1)
-    predictor = Predictor(
-        ModelBundle(network, architecture, preprocessing, ["anomaly"]), device=device
-    )
-    rng = np.random.default_rng(0)
-    rows = []
-    for label, (length_m, height_m) in scans_m.items():
-        shape = (round(height_m * 1000 / spacing_mm), round(length_m * 1000 / spacing_mm))
-        attenuation = rng.uniform(0.0, 6.0, size=(1, *shape)).astype(np.float32)
-        scan = Scan(attenuation, (spacing_mm, spacing_mm), ["high"])
-        image = prepare(scan, preprocessing)
-        whole = predictor.predict(scan)  # also the warm-up: oneDNN/cuDNN plan for this shape
-        whole_seconds = _best_seconds(partial(predictor.predict, scan), 1 if quick else 3)
-        cells = whole.dense_logits.shape[-2:]
-        _sliding_window_logits(predictor, image[:, :, : 4 * window], window)  # warm-up
-        started = time.perf_counter()
-        _sliding_window_logits(predictor, image, window)
-        window_seconds = time.perf_counter() - started
-        megapixels = shape[0] * shape[1] / 1e6
-        flops = _forward_flops(predictor, image)
-        rows.append(
-            {
-                "scan": label,
-                "pixels": f"{shape[1]} x {shape[0]}",
-                "megapixels": megapixels,
-                "whole_seconds": whole_seconds,
-                "whole_scans_per_s": 1.0 / whole_seconds,
-                "whole_megapixels_per_s": megapixels / whole_seconds,
-                "windows": cells[0] * cells[1],
-                "window_seconds": window_seconds,
-                "window_scans_per_s": 1.0 / window_seconds,
-                "speedup": window_seconds / whole_seconds,
-                "gflop_per_scan": flops / 1e9,
-                "flops_per_s": flops / whole_seconds,
-            }
-        )
-    return rows
-
-
-def _best_seconds(run: Callable[[], object], repeats: int) -> float:
-    """The fastest of ``repeats`` runs: the least disturbed by other work on the machine."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
-def _sliding_window_logits(
-    predictor: Predictor, image: np.ndarray, window: int, batch_size: int = 64
-) -> torch.Tensor:
-    """Anomaly logits [h, w], one ``window``-pixel tile per output cell (the naive way)."""
-    stride = predictor.network.grid.stride
-    half = window // 2
-    height, width = image.shape[-2:]
-    cells = (math.ceil(height / stride), math.ceil(width / stride))
-    # Tile (i, j) starts at stride * (i, j) - half, so its centre cell is cell (i, j).
-    padded = torch.nn.functional.pad(
-        torch.from_numpy(image)[None],
-        (half, half + stride * cells[1] - width, half, half + stride * cells[0] - height),
-    )
-    tiles = padded.unfold(2, window, stride).unfold(3, window, stride)[:, :, : cells[0], : cells[1]]
-    tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(-1, image.shape[0], window, window)
-    centre = half // stride
-    with _eval_mode(predictor.network), torch.inference_mode():
-        logits = [
-            predictor._forward(tiles[first : first + batch_size])[:, 0, centre, centre]
-            for first in range(0, len(tiles), batch_size)
-        ]
-    return torch.cat(logits).reshape(cells)
-
-
-def _forward_flops(predictor: Predictor, image: np.ndarray) -> int:
-    with (
-        _eval_mode(predictor.network),
-        torch.inference_mode(),
-        FlopCounterMode(display=False) as counter,
-    ):
-        predictor._forward(torch.from_numpy(image)[None])
-    return counter.get_total_flops()
+        return getattr(bench_inference, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,13 +13,19 @@ The model grid is related to the scan's pixels by the spacing ratio alone
 (``x_model = x_scan * scan_spacing / model_spacing`` on each axis, pixel
 edges at integer coordinates), so boxes, tile centres and heat maps move
 between the two grids exactly with :func:`scale_box` and friends.
+
+:func:`prepare_scan` wraps the prepared image in a :class:`PreparedScan`, the
+one object every step that runs a model on a scan hands on: it keeps where
+the model grid sits on the scan (the scan's shape and spacing), so the
+Predictor can report in the scan's own pixels, and the scan's boxes moved
+onto the model grid, for the tiles training cuts.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,7 +37,14 @@ from scanml.physics import ATTENUATION_SCALE
 if TYPE_CHECKING:
     from scanml.io import Scan
 
-__all__ = ["Preprocessing", "model_grid_shape", "prepare", "scale_box"]
+__all__ = [
+    "PreparedScan",
+    "Preprocessing",
+    "model_grid_shape",
+    "prepare",
+    "prepare_scan",
+    "scale_box",
+]
 
 Box = tuple[float, float, float, float]
 
@@ -94,6 +107,55 @@ def prepare(scan: Scan, pre: Preprocessing) -> np.ndarray:
     image = _resample(attenuation, _scale_factors(scan.spacing_mm, pre.spacing_mm))
     # Out of place: without resampling `image` still shares the scan's memory.
     return image.mul(1.0 / pre.attenuation_scale).clamp_(0.0, 1.0).numpy()
+
+
+@dataclass(frozen=True)
+class PreparedScan:
+    """A scan as the model sees it, with its boxes moved onto the model grid.
+
+    ``shape_hw`` and ``spacing_mm`` are the scan's own (rows, columns) and
+    (row, column) mm per pixel: where the Predictor reports heat maps and
+    regions. Left None, the Predictor reports on the model grid.
+    """
+
+    scan_id: str
+    image: np.ndarray  # float32 [C, H', W'] in [0, 1]
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.float32))
+    box_categories: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    shape_hw: tuple[int, int] | None = None
+    spacing_mm: tuple[float, float] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.image.nbytes + self.boxes.nbytes + self.box_categories.nbytes
+
+
+def prepare_scan(
+    scan: Scan,
+    pre: Preprocessing,
+    *,
+    scan_id: str | None = None,
+    boxes: Sequence[Sequence[float]] = (),
+    box_categories: Sequence[int] = (),
+) -> PreparedScan:
+    """:func:`prepare` the scan, and move ``boxes`` (``[x, y, w, h]`` in its pixels) with it.
+
+    ``box_categories`` index the model's categories, one per box; ``scan_id``
+    defaults to the scan's own (``meta["scan_id"]``).
+    """
+    model_spacing = (pre.spacing_mm, pre.spacing_mm)
+    moved = np.array(
+        [scale_box(box, scan.spacing_mm, model_spacing) for box in boxes], dtype=np.float32
+    ).reshape(-1, 4)
+    height, width = scan.attenuation.shape[-2:]
+    return PreparedScan(
+        scan_id=str(scan.meta.get("scan_id") or "") if scan_id is None else scan_id,
+        image=prepare(scan, pre),
+        boxes=moved,
+        box_categories=np.array(list(box_categories), dtype=np.int64),
+        shape_hw=(int(height), int(width)),
+        spacing_mm=(float(scan.spacing_mm[0]), float(scan.spacing_mm[1])),
+    )
 
 
 def model_grid_shape(

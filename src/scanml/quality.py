@@ -34,7 +34,7 @@ import numpy as np
 
 from scanml.baseline import LocalContrastDetector
 from scanml.config import Config, load_config
-from scanml.data import ScanDataset, ScanRecord, assign_splits, load_dataset
+from scanml.dataset import ScanDataset, ScanRecord, assign_splits, load_dataset
 from scanml.io import Scan, ScanReadError, read_scan
 from scanml.metrics import ScanOutcome, compute_metrics
 from scanml.models import ModelBundle

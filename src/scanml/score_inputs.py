@@ -11,16 +11,13 @@ reported, and the path is scored once.
 from __future__ import annotations
 
 import glob
-import math
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
-
+from scanml.dataset import DataError, manifest_spacing, manifest_text, read_manifest_table
 from scanml.io import SUPPORTED_SUFFIXES, is_energy_partner
 
 __all__ = ["InputItem", "ResolvedInputs", "resolve_inputs", "resolve_job_inputs"]
@@ -115,8 +112,15 @@ def file_item(path: Path) -> InputItem:
 
 
 def _manifest_items(manifest: Path, allow_outside: bool) -> list[tuple[InputItem, str | None]]:
-    """One item per manifest row; paths are relative to the manifest's folder and stay inside it."""
-    table = pd.read_csv(manifest, dtype={"path": str, "scan_id": str, "site": str})
+    """One item per manifest row; paths are relative to the manifest's folder and stay inside it.
+
+    The manifest is read as training reads it (:func:`scanml.dataset.read_manifest_table`);
+    a job needs only its ``path`` column.
+    """
+    try:
+        table = read_manifest_table(manifest)
+    except DataError as exc:
+        raise ValueError(exc.problems[0]) from None
     if "path" not in table.columns:
         raise ValueError(
             f"{manifest}: a manifest needs a 'path' column; it has {list(table.columns)}"
@@ -126,8 +130,8 @@ def _manifest_items(manifest: Path, allow_outside: bool) -> list[tuple[InputItem
     items = []
     for number, record in enumerate(table.to_dict("records"), start=2):  # row 1 is the header
         where = f"{manifest.name} row {number}"
-        written = _text(record.get("path"))
-        if written is None:
+        written = manifest_text(record.get("path"))
+        if not written:
             raise ValueError(f"{manifest}: row {number} has an empty path")
         path = Path(os.path.abspath(folder / written))
         refusal = None
@@ -136,40 +140,19 @@ def _manifest_items(manifest: Path, allow_outside: bool) -> list[tuple[InputItem
                 f"InputRefused: {where}: path {written!r} lies outside the manifest's folder"
                 f" {inside}; pass --allow-outside to score it"
             )
-        try:
-            spacing = _manifest_spacing(record)
-        except ValueError:
-            raise ValueError(f"{where}: the spacing columns are not numbers") from None
+        spacing, problems = manifest_spacing(record, where)
+        if problems:
+            raise ValueError(problems[0])
         items.append(
             (
                 InputItem(
                     path=path,
-                    scan_id=_text(record.get("scan_id")) or path.stem,
+                    scan_id=manifest_text(record.get("scan_id")) or path.stem,
                     spacing_mm=spacing,
-                    site=_text(record.get("site")),
+                    site=manifest_text(record.get("site")) or None,
                     refusal=refusal,
                 ),
                 where,
             )
         )
     return items
-
-
-def _manifest_spacing(record: dict[str, Any]) -> tuple[float, float] | None:
-    row, column = _number(record.get("row_spacing_mm")), _number(record.get("col_spacing_mm"))
-    if row is not None and column is not None:
-        return (row, column)
-    square = _number(record.get("spacing_mm"))
-    return (square, square) if square is not None else None
-
-
-def _text(value: Any) -> str | None:
-    """A manifest cell as text; None for an empty cell (pandas reads it as NaN)."""
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-
-
-def _number(value: Any) -> float | None:
-    """A manifest cell as a number; None for an empty cell."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return float(value)

@@ -13,7 +13,7 @@ import hashlib
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ import torch
 
 from scanml.io import Scan, read_scan
 from scanml.mlflow_client import ResolvedModel
-from scanml.plots import save_overlay
+from scanml.overlays import save_overlay
 from scanml.predict import Prediction, Predictor, Region
-from scanml.preprocess import Preprocessing, model_grid_shape, prepare
+from scanml.preprocess import PreparedScan, Preprocessing, model_grid_shape, prepare_scan
 from scanml.score_inputs import InputItem
 from scanml.scores_table import ScoresTable
 from scanml.tdr import write_tdr
@@ -51,8 +51,8 @@ MAX_MODEL_PIXELS = 40_000_000
 class Decoded:
     """A scan read and prepared for the model, or why that failed.
 
-    ``prepared`` is the model's input (float32 [C, H', W'] on the model
-    grid); the scan itself is kept for its overlay, report and size.
+    ``prepared`` is the model's input (its image float32 [C, H', W'] on the
+    model grid); the scan itself is kept for its overlay, report and size.
     Between a worker and the main process both pixel arrays can travel as
     torch tensors, which move through shared memory; numpy arrays are
     pickled through a pipe (100 MB for a large dual-energy scan).
@@ -60,7 +60,7 @@ class Decoded:
 
     item: InputItem
     scan: Scan | None
-    prepared: np.ndarray | torch.Tensor | None
+    prepared: PreparedScan | None  # its image a torch tensor between processes
     error: str | None
     seconds: float
 
@@ -68,14 +68,15 @@ class Decoded:
         """Pixels as tensors, for the trip to the main process."""
         if self.scan is not None:  # from_numpy refuses negative strides: make them contiguous
             self.scan.attenuation = torch.from_numpy(np.ascontiguousarray(self.scan.attenuation))
-            self.prepared = torch.from_numpy(np.ascontiguousarray(self.prepared))
+            image = torch.from_numpy(np.ascontiguousarray(self.prepared.image))
+            self.prepared = replace(self.prepared, image=image)
         return self
 
     def to_arrays(self) -> Decoded:
         """Pixels back as numpy arrays (no copy), as the rest of scanml expects them."""
-        if self.scan is not None and isinstance(self.prepared, torch.Tensor):
+        if self.scan is not None and isinstance(self.prepared.image, torch.Tensor):
             self.scan.attenuation = self.scan.attenuation.numpy()
-            self.prepared = self.prepared.numpy()
+            self.prepared = replace(self.prepared, image=self.prepared.image.numpy())
         return self
 
 
@@ -105,7 +106,7 @@ def decode(item: InputItem, preprocessing: Preprocessing) -> Decoded:
     try:
         scan = read_scan(item.path, spacing_mm=item.spacing_mm, site=item.site)
         check_model_grid(scan, preprocessing)
-        prepared = prepare(scan, preprocessing)
+        prepared = prepare_scan(scan, preprocessing, scan_id=item.scan_id)
     except Exception as exc:  # the file's row says why; the job carries on
         return Decoded(item, None, None, _error_text(exc), time.perf_counter() - started)
     return Decoded(item, scan, prepared, None, time.perf_counter() - started)
@@ -158,12 +159,10 @@ class ScanScorer:
         self.timings["write"] += time.perf_counter() - started
 
     def _scored_row(
-        self, item: InputItem, scan: Scan, prepared: np.ndarray, decode_seconds: float
+        self, item: InputItem, scan: Scan, prepared: PreparedScan, decode_seconds: float
     ) -> dict[str, Any]:
         model_started = time.perf_counter()
-        prediction = self.predictor.predict_array(
-            prepared, scan_shape_hw=(scan.height, scan.width), scan_spacing_mm=scan.spacing_mm
-        )
+        prediction = self.predictor.predict_prepared(prepared)
         model_seconds = time.perf_counter() - model_started
         self.timings["model"] += model_seconds
         # The job's own rule rather than prediction.flagged: the threshold may

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from scanml.fsutil import fsync_directory, write_atomically
 
 __all__ = [
     "REGION_TYPE",
@@ -144,7 +147,8 @@ class ScoresTable:
         with table._locked():
             for partial in table.parts_dir.glob("*.partial"):
                 partial.unlink()
-            out.with_name(f".{out.name}.partial").unlink(missing_ok=True)
+            for partial in out.parent.glob(f".{glob.escape(out.name)}.*partial"):
+                partial.unlink()
             yield table
             if table.parts_dir.exists() and not table.has_parts():
                 table.parts_dir.rmdir()
@@ -207,7 +211,7 @@ class ScoresTable:
         parts = self._parts()
         number = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
         table = pa.Table.from_pylist(rows, schema=SCORES_SCHEMA)
-        _write_table_atomically(table, self.parts_dir / f"part-{number:06d}.parquet")
+        _write_table(table, self.parts_dir / f"part-{number:06d}.parquet")
 
     def merge(self, order: Sequence[str]) -> None:
         """Fold the parts into the table: one row per path (the newest), inputs' order first.
@@ -224,13 +228,13 @@ class ScoresTable:
             first_seen.setdefault(path, row)
             newest[path] = row
         ranked = sorted(newest, key=lambda path: (position.get(path, len(order)), first_seen[path]))
-        _write_table_atomically(
+        _write_table(
             combined.take(pa.array([newest[path] for path in ranked], type=pa.int64())), self.out
         )
         for part in parts:
             part.unlink()
         if self.parts_dir.exists():
-            _fsync_directory(self.parts_dir)
+            fsync_directory(self.parts_dir)
 
     def _parts(self) -> list[Path]:
         return sorted(self.parts_dir.glob("part-*.parquet"))
@@ -244,20 +248,6 @@ def _conform(table: pa.Table) -> pa.Table:
     return table.select(list(SCORE_COLUMNS)).cast(SCORES_SCHEMA)
 
 
-def _write_table_atomically(table: pa.Table, path: Path) -> None:
-    """Write ``table`` beside ``path``, flush it to disk, rename it over ``path``, flush the folder."""
-    partial = path.with_name(f".{path.name}.partial")
-    pq.write_table(table, partial)
-    with partial.open("rb") as stream:
-        os.fsync(stream.fileno())
-    os.replace(partial, path)
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(folder: Path) -> None:
-    """Make renames and removals in ``folder`` survive a power cut."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+def _write_table(table: pa.Table, path: Path) -> None:
+    """Write ``table`` whole or not at all (:func:`scanml.fsutil.write_atomically`)."""
+    write_atomically(path, lambda partial: pq.write_table(table, partial))

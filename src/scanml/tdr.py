@@ -81,6 +81,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
 import scanml
+from scanml.fsutil import write_atomically
 
 if TYPE_CHECKING:
     from scanml.predict import Region
@@ -204,7 +205,8 @@ def write_tdr(
     dataset.AdditionalScreeningPerformed = "NO"
     dataset.ThreatSequence = DicomSequence(threats)
     dataset.ReferencedStudySequence = DicomSequence([scan.as_reference()])
-    _save_atomically(dataset, path)
+    # A DICOM file (preamble + file meta), whole or not at all.
+    write_atomically(path, lambda partial: dataset.save_as(partial, enforce_file_format=True))
     return path
 
 
@@ -390,16 +392,3 @@ def _threat_object(item: Dataset) -> ThreatObject:
         polygon=[(vertices[i], vertices[i + 1]) for i in range(0, len(vertices) - 2, 3)],
         dicos_category=dicos_category,
     )
-
-
-def _save_atomically(dataset: Dataset, path: Path) -> None:
-    """Save as a DICOM file (preamble + file meta) beside ``path``, flush, rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        dataset.save_as(partial, enforce_file_format=True)
-        with partial.open("rb") as stream:
-            os.fsync(stream.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)

@@ -32,7 +32,7 @@ from mlflow import MlflowClient
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from scanml.data import ScanDataset
+    from scanml.dataset import ScanDataset
 
 __all__ = [
     "DEFAULT_TRACKING_URI",

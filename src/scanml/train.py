@@ -2,15 +2,17 @@
 
 Reads top to bottom like torchvision's reference ``train.py``: data, model,
 loss, optimizer, scheduler, resume, epoch loop. :func:`train_one_epoch` and
-:func:`validate` are plain functions; validation runs the same
-:class:`~scanml.predict.Predictor` on whole scans that scoring uses, so a
-validation AUROC is a statement about whole scans, never about tiles.
+:func:`~scanml.validation.validate` are plain functions; validation runs the
+same :class:`~scanml.predict.Predictor` on whole scans that scoring uses, so
+a validation AUROC is a statement about whole scans, never about tiles.
 
 A run lives in a local folder (``runs/<name>/``) holding the resolved
 configuration and two checkpoints, ``last.pt`` and ``best.pt``, each written
-atomically (temporary file, then rename). Checkpoints never depend on MLflow;
+atomically (:mod:`scanml.checkpoints`). Checkpoints never depend on MLflow;
 ``--resume`` continues a killed run from ``last.pt`` in the same MLflow run
-and ends with the same weights as an uninterrupted run.
+and ends with the same weights as an uninterrupted run. The loss lives in
+:mod:`scanml.losses`, the epoch plan and learning-rate schedule in
+:mod:`scanml.schedule`.
 """
 
 from __future__ import annotations
@@ -18,46 +20,63 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from torchvision.ops import sigmoid_focal_loss
 from tqdm.auto import tqdm
 
-from scanml.config import Config, config_from_json, load_config
-from scanml.console import epoch_line, interrupted_message, say, start_banner
-from scanml.data import (
-    ScanDataset,
-    ScanRecord,
-    TileDataset,
-    TileSampler,
-    assign_splits,
-    load_dataset,
+from scanml.checkpoints import (
+    TrainingState,
+    load_checkpoint,
+    open_run,
+    restore_rng,
+    save_checkpoint,
+    save_run_info,
 )
-from scanml.io import ScanReadError, read_scan
-from scanml.metrics import ScanMetrics, ScanOutcome, calibrate_threshold, compute_metrics
+from scanml.config import Config, config_from_json
+from scanml.console import epoch_line, interrupted_message, say, start_banner
+from scanml.dataset import assign_splits, load_dataset
+from scanml.device import resolve_device
+from scanml.losses import DenseTileLoss
+from scanml.metrics import calibrate_threshold
 from scanml.models import DenseLogitNet, ModelBundle, create_model
-from scanml.predict import Prediction, Predictor
-from scanml.preprocess import Preprocessing, prepare
-from scanml.tracking import Tracker, log_model, resolve_tracking_uri, run_tags
-from scanml.transforms import EvalTransform, ThreatProjector, TrainTransform
+from scanml.preprocess import Preprocessing
+from scanml.pyfunc import log_model
+from scanml.schedule import WarmupCosine, epoch_steps, plan_epochs
+from scanml.tiles import TileDataset, TileSampler
+from scanml.tracking import Tracker, resolve_tracking_uri, run_tags
+from scanml.transforms import transform_from_config
+from scanml.validation import (
+    ValidationScan,
+    load_validation_scans,
+    log_validation_figures,
+    mine_hard_negatives,
+    validate,
+)
 
-__all__ = ["TrainResult", "train", "train_one_epoch", "validate"]
+# Names that lived here before the loss, validation, schedule and checkpoints
+# moved to modules of their own, kept importable from scanml.train.
+__all__ = [
+    "DenseTileLoss",
+    "TrainResult",
+    "TrainingState",
+    "ValidationScan",
+    "WarmupCosine",
+    "mine_hard_negatives",
+    "train",
+    "train_one_epoch",
+    "validate",
+]
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -85,12 +104,12 @@ def train(
     ``resume`` names a run to continue (its MLflow run id, its folder under
     ``train.runs_dir``, or a ``last.pt``); its saved configuration is used.
     """
-    run_dir, checkpoint = _open_run(config, resume, overrides)
+    run_dir, checkpoint = open_run(config, resume, overrides)
     config = config_from_json(checkpoint["config"]) if checkpoint else config
     assert config is not None
     if checkpoint is None:
         config.save(run_dir / "config.yaml")
-    device = _device(config.train.device)
+    device = resolve_device(config.train.device)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     _seed_everything(config.seed)
@@ -124,7 +143,7 @@ def train(
         train_set,
         preprocessing,
         sampler,
-        transform=_train_transform(config, train_set, preprocessing),
+        transform=transform_from_config(config, train_set, preprocessing),
         categories=config.model.categories,
         cache_bytes=config.data.cache_bytes,
         seed=config.seed,
@@ -137,7 +156,7 @@ def train(
         pin_memory=device.type == "cuda",
         collate_fn=tiles.collate,
     )
-    val_records = _validation_records(val_set, config, preprocessing)
+    val_records = load_validation_scans(val_set, config, preprocessing)
 
     # -- model, loss, optimizer, scheduler ----------------------------------------------
     network = create_model(
@@ -159,7 +178,7 @@ def train(
     optimizer = torch.optim.AdamW(
         _parameter_groups(network, config.train.weight_decay), lr=config.train.lr
     )
-    steps_per_epoch = _steps_per_epoch(len(train_set), config)
+    steps_per_epoch = epoch_steps(len(train_set), config)
     schedule = WarmupCosine(
         round(config.train.warmup_epochs * steps_per_epoch), config.train.epochs * steps_per_epoch
     )
@@ -175,7 +194,7 @@ def train(
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         state = TrainingState.from_dict(checkpoint["state"])
-        _restore_rng(checkpoint["rng"])
+        restore_rng(checkpoint["rng"])
         sampler.set_hard_negatives(state.hard_negatives)
         log.info("resuming %s after epoch %d", run_dir.name, state.epoch)
 
@@ -209,7 +228,7 @@ def train(
         tracker.log_dataset(train_set, name=Path(data_dir).name, context="training")
         tracker.log_dataset(val_set, name=Path(data_dir).name, context="validation")
         tracker.log_artifact(run_dir / "config.yaml")
-    _save_run_info(run_dir, state.mlflow_run_id)
+    save_run_info(run_dir, state.mlflow_run_id)
     say(
         start_banner(
             run_name=config.tracking.run_name or run_dir.name,
@@ -273,7 +292,7 @@ def train(
                 improved = state.improves(value, config.train.monitor_mode)
                 if improved:
                     state.best_metric, state.best_epoch, state.stale_epochs = value, epoch, 0
-                    _save_checkpoint(
+                    save_checkpoint(
                         run_dir / "best.pt", network, optimizer, scheduler, state, config, epoch
                     )
                 else:
@@ -317,7 +336,7 @@ def train(
             state.epoch = epoch
             state.elapsed_s += time.monotonic() - epoch_started
             if budget_s is not None:
-                state.planned_epochs = _plan_epochs(
+                state.planned_epochs = plan_epochs(
                     budget_s, state.elapsed_s, epoch, config.train.epochs
                 )
                 schedule.total_steps = state.planned_epochs * steps_per_epoch
@@ -334,7 +353,7 @@ def train(
                 )
                 snapshot.metadata.update(epoch=epoch, elapsed_min=round(state.elapsed_s / 60, 3))
                 snapshot.save(run_dir / "epochs" / f"epoch-{epoch:03d}")
-            _save_checkpoint(
+            save_checkpoint(
                 run_dir / "last.pt", network, optimizer, scheduler, state, config, epoch
             )
             patience = config.train.early_stopping_patience
@@ -439,197 +458,6 @@ def train_one_epoch(
     return stats
 
 
-class DenseTileLoss(nn.Module):
-    """What the network learns from a batch of tiles: where, whether, and what.
-
-    - dense: per-location cross-entropy of the anomaly logits against the
-      object mask pooled to the logit grid (a location is positive when any
-      of its pixels is inside a box). It teaches *where*, and it is what the
-      scan score needs: the score is a maximum over tens of thousands of
-      locations, so every location of a clean scan must stay low;
-    - tile: cross-entropy of the tile logit against the tile label, with
-      the tile logit pooled from the dense logits. ``"max"`` (the default)
-      is the tile-sized version of the scan score: on a clean tile it pushes
-      down the highest location, on a positive one it asks that at least
-      one location fires. ``"mean"`` is the design's original tile logit,
-      but on a positive tile it pushes up every location, the object's
-      background included, which the dense term must then undo;
-    - category: cross-entropy of the category logits averaged over the
-      object's locations, on positive tiles only.
-
-    ``dense_loss="focal"`` replaces the dense cross-entropy by the focal
-    loss (Lin et al., 2017): on large crops nearly every location is clean
-    and easy, and a mean cross-entropy is then dominated by them, while the
-    scan score depends only on the few clean locations that still score
-    high; the focal loss down-weights the easy ones so those few drive it.
-    """
-
-    def __init__(
-        self,
-        dense_weight: float = 1.0,
-        category_weight: float = 0.2,
-        tile_pooling: str = "max",
-        *,
-        dense_loss: str = "bce",
-    ) -> None:
-        super().__init__()
-        if dense_loss not in ("bce", "focal"):
-            raise ValueError(f"dense_loss is 'bce' or 'focal', got {dense_loss!r}")
-        self.dense_weight = dense_weight
-        self.category_weight = category_weight
-        self.tile_pooling = tile_pooling
-        self.dense_loss = dense_loss
-
-    def forward(
-        self, dense_logits: torch.Tensor, targets: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        anomaly = dense_logits[:, 0]
-        labels = targets["label"].float()
-        tile_logits = DenseLogitNet.tile_logits(dense_logits, self.tile_pooling)
-        tile_loss = F.binary_cross_entropy_with_logits(tile_logits, labels)
-
-        cells = F.adaptive_max_pool2d(targets["mask"].float()[:, None], anomaly.shape[-2:])[:, 0]
-        cells = cells * labels[:, None, None]  # a clean tile is clean everywhere
-        if self.dense_loss == "focal":
-            # RetinaNet's normalisation: by the positive locations, so a
-            # batch's loss does not shrink as its crops grow.
-            dense_loss = sigmoid_focal_loss(
-                anomaly, cells, reduction="sum"
-            ) / cells.sum().clamp_min(float(anomaly.shape[0]))
-        else:
-            dense_loss = F.binary_cross_entropy_with_logits(anomaly, cells)
-
-        category_loss = dense_logits.new_zeros(())
-        positive = (targets["category"] >= 0) & (labels > 0.5)
-        if positive.any() and dense_logits.shape[1] > 1:
-            weights = cells[positive][:, None]
-            pooled = (dense_logits[positive, 1:] * weights).sum((2, 3)) / weights.sum(
-                (2, 3)
-            ).clamp_min(1.0)
-            category_loss = F.cross_entropy(pooled, targets["category"][positive].long())
-
-        loss = tile_loss + self.dense_weight * dense_loss + self.category_weight * category_loss
-        return {
-            "loss": loss,
-            "tile_loss": tile_loss.detach(),
-            "dense_loss": dense_loss.detach(),
-            "category_loss": category_loss.detach(),
-            "tile_logits": tile_logits.detach(),
-        }
-
-
-# -- whole-scan validation and hard negatives ------------------------------------------
-
-
-@dataclass(frozen=True)
-class ValidationScan:
-    """A validation scan kept on the model grid: decoded once per run, not once per epoch."""
-
-    record: ScanRecord
-    prepared: np.ndarray  # float32 [C, H', W'] in [0, 1]
-    shape_hw: tuple[int, int]  # the scan's own pixels, where predictions are reported
-    spacing_mm: tuple[float, float]
-
-
-def validate(
-    bundle: ModelBundle,
-    scans: Sequence[ValidationScan],
-    *,
-    device: torch.device,
-    config: Config,
-    progress: bool = True,
-) -> tuple[ScanMetrics, list[tuple[ValidationScan, Prediction]]]:
-    """Score whole validation scans through the Predictor and compute scan metrics."""
-    predictor = Predictor(
-        bundle, device=device, max_block_pixels=config.validation.max_block_pixels
-    )
-    outcomes, predictions = [], []
-    for item in tqdm(scans, desc="validation", unit="scan", disable=not progress, leave=False):
-        prediction = predictor.predict_array(
-            item.prepared, scan_shape_hw=item.shape_hw, scan_spacing_mm=item.spacing_mm
-        )
-        predictions.append((item, prediction))
-        outcomes.append(ScanOutcome.of(item.record, prediction))
-    return compute_metrics(outcomes), predictions
-
-
-def mine_hard_negatives(
-    bundle: ModelBundle,
-    records: ScanDataset,
-    *,
-    per_scan: int,
-    tile_size: int,
-    max_scans: int | None = None,
-    seed: int = 0,
-    device: torch.device,
-    progress: bool = True,
-) -> dict[str, list[tuple[int, int, float]]]:
-    """The locations of clean training scans the current model scores highest.
-
-    Returned in model-grid pixels (tile centres), per scan id. Peaks closer
-    than half a tile are suppressed so one corner post does not fill the list.
-    With ``max_scans``, a sample of that many clean scans (drawn with
-    ``seed``, so successive rounds visit different scans) bounds the cost.
-    """
-    predictor = Predictor(bundle, device=device)
-    grid = bundle.network.grid
-    mined: dict[str, list[tuple[int, int, float]]] = {}
-    clean = [record for record in records.records if record.label == 0]
-    if max_scans is not None and len(clean) > max_scans:
-        clean = random.Random(seed).sample(clean, max_scans)
-    for record in tqdm(
-        clean, desc="mining hard negatives", unit="scan", disable=not progress, leave=False
-    ):
-        try:
-            scan = read_scan(record.path, spacing_mm=record.spacing_mm, site=record.site)
-        except ScanReadError as exc:
-            log.warning("hard-negative mining skips %s", exc)
-            continue
-        dense = predictor.predict(scan).dense_logits[0]  # the anomaly channel
-        mined[record.scan_id] = _top_locations(
-            dense, per_scan, grid.stride, grid.offset, tile_size // 2
-        )
-    return mined
-
-
-def _top_locations(
-    dense: np.ndarray, count: int, stride: int, offset: float, min_distance: int
-) -> list[tuple[int, int, float]]:
-    """The ``count`` highest cells, as model-grid pixel centres, at least ``min_distance`` apart."""
-    order = np.argsort(dense, axis=None)[::-1]
-    picked: list[tuple[int, int, float]] = []
-    for flat in order:
-        row, col = np.unravel_index(flat, dense.shape)
-        y, x = round(offset + stride * int(row)), round(offset + stride * int(col))
-        if all(abs(y - py) >= min_distance or abs(x - px) >= min_distance for py, px, _ in picked):
-            picked.append((y, x, float(dense[row, col])))
-            if len(picked) == count:
-                break
-    return picked
-
-
-def _validation_records(
-    val_set: ScanDataset, config: Config, preprocessing: Preprocessing
-) -> list[ValidationScan]:
-    records = list(val_set.records)
-    if config.data.max_val_scans and len(records) > config.data.max_val_scans:
-        rng = random.Random(config.seed)
-        records = sorted(rng.sample(records, config.data.max_val_scans), key=lambda r: r.scan_id)
-    scans = []
-    for record in records:
-        try:
-            scan = read_scan(record.path, spacing_mm=record.spacing_mm, site=record.site)
-        except ScanReadError as exc:
-            log.warning("validation skips %s", exc)
-            continue
-        scans.append(
-            ValidationScan(
-                record, prepare(scan, preprocessing), scan.attenuation.shape[-2:], scan.spacing_mm
-            )
-        )
-    return scans
-
-
 # -- the end of a run: calibrate, save, log, register ----------------------------------
 
 
@@ -649,7 +477,7 @@ def _finish(
 ) -> TrainResult:
     best_path = run_dir / "best.pt"
     if best_path.exists():
-        network.load_state_dict(_load_checkpoint(best_path)["model"])
+        network.load_state_dict(load_checkpoint(best_path)["model"])
     bundle = _bundle(network, config, preprocessing, threshold=0.5, run_id=state.mlflow_run_id)
     metrics, predictions = validate(
         bundle, val_records, device=device, config=config, progress=progress
@@ -677,7 +505,7 @@ def _finish(
         {f"best/{key}": value for key, value in final.items()}, step=state.best_epoch
     )
     tracker.log_metrics({"best/threshold": bundle.threshold}, step=state.best_epoch)
-    _log_figures(tracker, metrics, predictions, bundle, config)
+    log_validation_figures(tracker, metrics, predictions, bundle, config)
     tracker.log_text(json.dumps(final, indent=2, sort_keys=True), "metrics/best.json")
 
     model_uri = None
@@ -705,185 +533,6 @@ def _finish(
     )
 
 
-def _log_figures(
-    tracker: Tracker,
-    metrics: ScanMetrics,
-    predictions: Sequence[tuple[ValidationScan, Prediction]],
-    bundle: ModelBundle,
-    config: Config,
-) -> None:
-    import matplotlib.pyplot as plt
-
-    from scanml import plots
-
-    outcomes = [ScanOutcome.of(item.record, prediction) for item, prediction in predictions]
-    for name, figure in (
-        ("roc.png", plots.plot_roc(outcomes)),
-        ("precision_recall.png", plots.plot_pr(outcomes)),
-        ("detection_rate_vs_false_alarms.png", plots.plot_dr_far(outcomes)),
-        ("confusion_matrix.png", plots.plot_confusion(outcomes, bundle.threshold)),
-    ):
-        tracker.log_figure(figure, f"plots/{name}")
-        plt.close(figure)
-    ranked = sorted(predictions, key=lambda pair: pair[1].score, reverse=True)
-    for item, prediction in ranked[: config.validation.overlays]:
-        scan = read_scan(item.record.path, spacing_mm=item.record.spacing_mm, site=item.record.site)
-        title = f"{item.record.scan_id} label={item.record.label} score={prediction.score:.3f}"
-        image = plots.overlay_image(
-            scan, prediction, title=title, heat_floor=bundle.region_threshold
-        )
-        tracker.log_image(image, f"overlays/{item.record.scan_id}.png")
-
-
-# -- checkpoints ------------------------------------------------------------------------
-
-
-@dataclass
-class TrainingState:
-    """Everything besides tensors that a resumed run needs to continue identically."""
-
-    epoch: int = 0
-    best_metric: float = math.nan
-    best_epoch: int = 0
-    stale_epochs: int = 0
-    mlflow_run_id: str | None = None
-    hard_negatives: dict[str, list[tuple[int, int, float]]] = field(default_factory=dict)
-    elapsed_s: float = 0.0  # wall time of the finished epochs, across resumes
-    planned_epochs: int | None = None  # set by a time budget
-    smoothed_metric: float = math.nan
-
-    def smooth(self, value: float, factor: float) -> float:
-        """The monitored value smoothed exponentially over validations (``factor`` 0: as is)."""
-        if factor and not math.isnan(value) and not math.isnan(self.smoothed_metric):
-            value = factor * self.smoothed_metric + (1 - factor) * value
-        self.smoothed_metric = value
-        return value
-
-    def improves(self, value: float, mode: str) -> bool:
-        if math.isnan(value):
-            return math.isnan(self.best_metric) and self.best_epoch == 0
-        if math.isnan(self.best_metric):
-            return True
-        return value > self.best_metric if mode == "max" else value < self.best_metric
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "best_metric": self.best_metric,
-            "best_epoch": self.best_epoch,
-            "stale_epochs": self.stale_epochs,
-            "mlflow_run_id": self.mlflow_run_id,
-            "hard_negatives": {k: [list(p) for p in v] for k, v in self.hard_negatives.items()},
-            "elapsed_s": self.elapsed_s,
-            "planned_epochs": self.planned_epochs,
-            "smoothed_metric": self.smoothed_metric,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainingState:
-        negatives = {
-            k: [(int(y), int(x), float(s)) for y, x, s in v]
-            for k, v in data["hard_negatives"].items()
-        }
-        return cls(
-            int(data["epoch"]),
-            float(data["best_metric"]),
-            int(data["best_epoch"]),
-            int(data["stale_epochs"]),
-            data["mlflow_run_id"],
-            negatives,
-            float(data.get("elapsed_s", 0.0)),
-            data.get("planned_epochs"),
-            float(data.get("smoothed_metric", math.nan)),
-        )
-
-
-def _save_checkpoint(
-    path: Path,
-    network: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    state: TrainingState,
-    config: Config,
-    epoch: int,
-) -> None:
-    """One flat dict (model, optimizer, scheduler, RNG, state, configuration), written atomically."""
-    snapshot = TrainingState(**{**state.__dict__, "epoch": epoch})
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "model": network.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "state": snapshot.to_dict(),
-        "rng": _rng_state(),
-        "config": config.model_dump_json(),
-    }
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a scanml checkpoint of format {CHECKPOINT_FORMAT}")
-    return checkpoint
-
-
-def _open_run(
-    config: Config | None, resume: str | Path | None, overrides: Iterable[str]
-) -> tuple[Path, dict[str, Any] | None]:
-    """A new run folder, or the folder and last checkpoint of the run to resume."""
-    if resume is None:
-        assert config is not None, "a configuration is needed for a new run"
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        name = config.tracking.run_name or f"{config.model.architecture}-{stamp}"
-        run_dir = Path(config.train.runs_dir) / name
-        suffix = 1
-        while run_dir.exists():
-            suffix += 1
-            run_dir = Path(config.train.runs_dir) / f"{name}-{suffix}"
-        run_dir.mkdir(parents=True)
-        return run_dir.resolve(), None
-    run_dir = _find_run_dir(
-        resume, config.train.runs_dir if config else load_config().train.runs_dir
-    )
-    last = run_dir / "last.pt"
-    if not last.exists():
-        raise FileNotFoundError(
-            f"{run_dir}: no last.pt to resume from (killed before the first epoch ended?)"
-        )
-    checkpoint = _load_checkpoint(last)
-    if overrides:
-        log.warning(
-            "--set is ignored with --resume: the run continues with its saved configuration"
-        )
-    return run_dir, checkpoint
-
-
-def _find_run_dir(resume: str | Path, runs_dir: str) -> Path:
-    candidate = Path(resume)
-    if candidate.is_file():
-        return candidate.parent
-    if candidate.is_dir():
-        return candidate
-    for info in sorted(Path(runs_dir).glob("*/run.json")):
-        if json.loads(info.read_text()).get("mlflow_run_id") == str(resume):
-            return info.parent
-    if (Path(runs_dir) / str(resume)).is_dir():
-        return Path(runs_dir) / str(resume)
-    raise FileNotFoundError(
-        f"no run {resume!r}: not a folder, and no run under {runs_dir}/ has that MLflow run id"
-    )
-
-
-def _save_run_info(run_dir: Path, mlflow_run_id: str | None) -> None:
-    (run_dir / "run.json").write_text(json.dumps({"mlflow_run_id": mlflow_run_id}, indent=2))
-
-
 # -- small helpers ----------------------------------------------------------------------
 
 
@@ -906,42 +555,6 @@ def _bundle(
     )
 
 
-def _train_transform(
-    config: Config, train_set: ScanDataset, preprocessing: Preprocessing
-) -> TrainTransform | EvalTransform:
-    if not config.augment.enabled:
-        return EvalTransform()
-    augment = config.augment
-    tip = None
-    if augment.tip.enabled and augment.tip.rate > 0:
-        tip = ThreatProjector.from_dataset(
-            train_set,
-            preprocessing,
-            rate=augment.tip.rate,
-            depth_range=augment.tip.depth,
-            synthetic_fraction=augment.tip.synthetic_fraction,
-            categories=config.model.categories,
-            seed=config.seed,
-        )
-    return TrainTransform(
-        tip=tip,
-        hflip=augment.hflip,
-        scale_range=augment.scale,
-        gain_range=augment.gain,
-        offset_range=augment.offset,
-        noise=augment.noise,
-        i0_range=augment.noise_i0,
-        blur=augment.blur,
-        blur_sigma=augment.blur_sigma,
-        row_streaks=augment.row_streaks,
-        beam_profile=augment.beam_profile,
-        beam_profile_amplitude=augment.beam_profile_amplitude,
-        saturation=augment.saturation,
-        saturation_range=augment.saturation_range,
-        attenuation_scale=config.model.attenuation_scale,
-    )
-
-
 def _parameter_groups(network: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on norms and biases: decaying them only fights the normalisation."""
     decay, no_decay = [], []
@@ -954,75 +567,7 @@ def _parameter_groups(network: nn.Module, weight_decay: float) -> list[dict[str,
     ]
 
 
-def _steps_per_epoch(n_scans: int, config: Config) -> int:
-    steps = math.ceil(n_scans * config.data.tiles_per_scan / config.train.batch_size)
-    if config.train.max_steps_per_epoch:
-        steps = min(steps, config.train.max_steps_per_epoch)
-    return max(steps, 1)
-
-
-class WarmupCosine:
-    """Learning-rate factor per step: linear warm-up, then a cosine down to 0 at ``total_steps``.
-
-    ``total_steps`` may be changed while training (a time budget sets it
-    once the epoch length is known); being an object, not a closure, it is
-    saved with the scheduler's state.
-    """
-
-    def __init__(self, warmup_steps: int, total_steps: int) -> None:
-        self.warmup_steps = warmup_steps
-        self.total_steps = total_steps
-
-    def __call__(self, step: int) -> float:
-        if self.warmup_steps and step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        progress = (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _plan_epochs(budget_s: float, elapsed_s: float, epoch: int, max_epochs: int) -> int:
-    """How many epochs fit in the budget, judged from the epochs run so far.
-
-    The mean epoch so far includes the first one's decoding, so the plan
-    errs on the short side. At least the epochs already run, at most
-    ``max_epochs``.
-    """
-    mean_epoch_s = elapsed_s / max(epoch, 1)
-    fit = epoch + math.floor(max(budget_s - elapsed_s, 0.0) / max(mean_epoch_s, 1e-9))
-    return int(min(max(fit, epoch), max_epochs))
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
-        "python_gauss": random.getstate()[2],
-        "numpy": np.random.get_state()[1].tolist(),
-        "numpy_pos": int(np.random.get_state()[2]),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    np.random.set_state(
-        ("MT19937", np.asarray(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0)
-    )
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -3,8 +3,9 @@
 A tile is ``x = clip(A / scale, 0, 1)`` with ``A`` the log-attenuation, so
 every intensity transform here is a physical statement about ``A``:
 
-- threat image projection (TIP) adds an object's attenuation, because
-  attenuations along a ray add (Beer-Lambert): ``x' = x + depth * A_obj / scale``;
+- threat image projection (TIP, :mod:`scanml.threat_projection`) adds an
+  object's attenuation, because attenuations along a ray add (Beer-Lambert):
+  ``x' = x + depth * A_obj / scale``;
 - a gain multiplies ``A`` (density and thickness are uncertain);
 - an offset and per-row streaks add to ``A`` (an I0 calibration drift, and
   detector rows whose gains differ: a gain on transmission is an offset on
@@ -29,23 +30,28 @@ and clips anything outside; each step here keeps [0, 1] itself.
 
 from __future__ import annotations
 
-import logging
 import os
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import torch
 
-from scanml.data import PreparedScan, ScanDataset, Tile, prepare_record
-from scanml.io import ScanReadError
 from scanml.physics import ATTENUATION_SCALE
-from scanml.preprocess import Preprocessing
-from scanml.synth import CATEGORIES as SYNTH_CATEGORIES
-from scanml.synth import brick_stack_attenuation
+from scanml.threat_projection import (
+    ThreatObject,
+    ThreatProjector,
+    cut_threat_objects,
+    generate_threat_objects,
+)
+from scanml.tiles import Tile
+
+if TYPE_CHECKING:
+    from scanml.config import Config
+    from scanml.dataset import ScanDataset
+    from scanml.preprocess import Preprocessing
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
 import albumentations as A
@@ -63,9 +69,8 @@ __all__ = [
     "TrainTransform",
     "cut_threat_objects",
     "generate_threat_objects",
+    "transform_from_config",
 ]
-
-log = logging.getLogger(__name__)
 
 # Scaling resamples the tile; half the tiles keep the native sampling that
 # inference sees.
@@ -73,7 +78,7 @@ _AFFINE_P = 0.5
 
 
 class TrainTransform:
-    """Training augmentation of a :class:`~scanml.data.Tile`: ``transform(tile, rng) -> tile``.
+    """Training augmentation of a :class:`~scanml.tiles.Tile`: ``transform(tile, rng) -> tile``.
 
     Probabilities (``hflip``, ``vflip``, ``noise``, ``blur``, ``row_streaks``)
     say how often a step runs; ranges (``scale_range``, ``gain_range``,
@@ -154,210 +159,41 @@ class EvalTransform:
         return tile
 
 
-@dataclass(frozen=True)
-class ThreatObject:
-    """An object to project: its attenuation alone, on the model grid.
-
-    ``image`` is float32 [C, h, w] in model units (attenuation / scale),
-    background removed, non-negative; ``category`` indexes the model's
-    categories.
-    """
-
-    image: np.ndarray
-    category: int
-
-
-class ThreatProjector:
-    """Threat image projection: add a threat's attenuation to clean tiles.
-
-    With probability ``rate``, a tile labelled 0 receives an object at a
-    random place, flipped and turned by a multiple of 90 degrees (a brick
-    lies any way up in a side view), at a random ``depth`` (thickness along
-    the ray relative to the source object) from ``depth_range``. Objects
-    come from two pools: ``objects`` cut from annotated training scans, and
-    ``generated`` brick stacks from the simulator, drawn with probability
-    ``synthetic_fraction`` when both pools hold objects. The tile becomes
-    positive: label 1, its mask set over the object's rectangle, its
-    category the object's, its source ``"tip"``. The object lands only
-    where the tile holds material (median attenuation under it at least
-    ``min_background``, model units) and only when it adds at least
-    ``min_contrast`` at its densest: otherwise the tile stays clean, because
-    a threat floating in air or too faint to see is a label without a
-    signal. Mined hard negatives
-    (source ``"hard"``) are left alone: they are the scarce examples of what
-    the current model mistakes for a threat.
-    """
-
-    def __init__(
-        self,
-        objects: Sequence[ThreatObject],
-        generated: Sequence[ThreatObject] = (),
-        *,
-        rate: float = 0.25,
-        depth_range: tuple[float, float] = (0.5, 1.5),
-        synthetic_fraction: float = 0.5,
-        min_contrast: float = 0.1 / ATTENUATION_SCALE,
-        min_background: float = 0.5 / ATTENUATION_SCALE,
-    ) -> None:
-        if not objects and not generated:
-            raise ValueError("threat image projection needs at least one object")
-        if not 0 <= rate <= 1 or not 0 <= synthetic_fraction <= 1:
-            raise ValueError("rate and synthetic_fraction must lie in [0, 1]")
-        if not 0 < depth_range[0] <= depth_range[1]:
-            raise ValueError(f"depth_range must be positive and ordered, got {depth_range}")
-        self.objects = list(objects)
-        self.generated = list(generated)
-        self.rate = rate
-        self.depth_range = depth_range
-        self.min_contrast = min_contrast
-        self.min_background = min_background
-        self.synthetic_fraction = (
-            synthetic_fraction if objects and generated else float(bool(generated))
+def transform_from_config(
+    config: Config, train_set: ScanDataset, preprocessing: Preprocessing
+) -> TrainTransform | EvalTransform:
+    """The training transform a configuration asks for (its ``augment`` section), TIP included."""
+    if not config.augment.enabled:
+        return EvalTransform()
+    augment = config.augment
+    tip = None
+    if augment.tip.enabled and augment.tip.rate > 0:
+        tip = ThreatProjector.from_dataset(
+            train_set,
+            preprocessing,
+            rate=augment.tip.rate,
+            depth_range=augment.tip.depth,
+            synthetic_fraction=augment.tip.synthetic_fraction,
+            categories=config.model.categories,
+            seed=config.seed,
         )
-
-    @classmethod
-    def from_dataset(
-        cls,
-        dataset: ScanDataset,
-        preprocessing: Preprocessing,
-        *,
-        rate: float = 0.25,
-        depth_range: tuple[float, float] = (0.5, 1.5),
-        synthetic_fraction: float = 0.5,
-        categories: Sequence[str] | None = None,
-        n_generated: int = 64,
-        seed: int = 0,
-    ) -> ThreatProjector:
-        """Build both pools: objects cut from ``dataset`` (the training split), and generated ones.
-
-        Reads each anomalous scan once; scans that fail to read are logged
-        and skipped.
-        """
-        categories = list(categories if categories is not None else dataset.categories)
-        objects = []
-        for record in dataset.records:
-            if record.boxes:
-                try:
-                    objects += cut_threat_objects(prepare_record(record, preprocessing, categories))
-                except ScanReadError as exc:
-                    log.warning("threat bank skips %s: %s", record.scan_id, exc)
-        generated = (
-            generate_threat_objects(preprocessing, categories, n_generated, seed=seed)
-            if synthetic_fraction > 0
-            else []
-        )
-        log.info("threat projection: %d cut objects, %d generated", len(objects), len(generated))
-        return cls(
-            objects,
-            generated,
-            rate=rate,
-            depth_range=depth_range,
-            synthetic_fraction=synthetic_fraction,
-        )
-
-    def __call__(self, tile: Tile, rng: np.random.Generator) -> Tile:
-        if tile.label != 0 or tile.source == "hard" or rng.random() >= self.rate:
-            return tile
-        pool = self.generated if rng.random() < self.synthetic_fraction else self.objects
-        threat = pool[rng.integers(len(pool))]
-        image = np.rot90(threat.image, k=int(rng.integers(4)), axes=(1, 2))
-        image = image[:, :, ::-1] if rng.random() < 0.5 else image
-        size = tile.image.shape[1]
-        height, width = min(image.shape[1], size), min(image.shape[2], size)
-        # An object larger than the tile shows the part of it that the tile would.
-        top = int(rng.integers(image.shape[1] - height + 1))
-        left = int(rng.integers(image.shape[2] - width + 1))
-        image = image[:, top : top + height, left : left + width]
-        depth = float(rng.uniform(*self.depth_range))
-        if depth * float(image[0].max(initial=0.0)) < self.min_contrast:
-            return tile  # too faint to see: a positive label on it would only be noise
-        place = self._inside_cargo(tile.image[0], height, width, rng)
-        if place is None:
-            return tile
-        return self.project(tile, image, *place, depth, threat.category)
-
-    def _inside_cargo(
-        self, image: np.ndarray, height: int, width: int, rng: np.random.Generator
-    ) -> tuple[int, int] | None:
-        """A place for the object where the tile holds cargo or structure, not open air.
-
-        Contraband is carried in containers and vehicles: an object pasted
-        into the air above a container is a positive no scan will ever
-        show, and it teaches the network that threats float. A few random
-        places are tried; the tile is left clean when none is inside.
-        """
-        size = image.shape[0]
-        for _ in range(8):
-            y, x = int(rng.integers(size - height + 1)), int(rng.integers(size - width + 1))
-            if float(np.median(image[y : y + height, x : x + width])) >= self.min_background:
-                return y, x
-        return None
-
-    @staticmethod
-    def project(
-        tile: Tile, threat: np.ndarray, y: int, x: int, depth: float, category: int
-    ) -> Tile:
-        """Add ``depth * threat`` (model units, [C, h, w]) to the tile at row ``y``, column ``x``.
-
-        The deterministic core of :meth:`__call__`, for tests and for
-        building fixed projected sets.
-        """
-        height, width = threat.shape[1:]
-        image = tile.image.copy()
-        region = image[:, y : y + height, x : x + width]
-        if region.shape != threat.shape:
-            raise ValueError(
-                f"a {threat.shape} object at ({y}, {x}) leaves the {tile.image.shape} tile"
-            )
-        np.clip(region + depth * threat, 0.0, 1.0, out=region)
-        mask = tile.mask.copy()
-        mask[y : y + height, x : x + width] = 1.0
-        return replace(tile, image=image, mask=mask, label=1, category=category, source="tip")
-
-
-def cut_threat_objects(scan: PreparedScan, *, ring: int = 3) -> list[ThreatObject]:
-    """The annotated objects of a prepared scan, with the cargo behind them removed.
-
-    The background inside a box is interpolated from a ``ring`` pixels wide
-    border around it (median across the ring, linear across the box, the
-    mean of the vertical and horizontal interpolations): the scan's cargo
-    varies across a box, and a constant background would leave a gradient
-    in the object. What remains is clipped at 0: an object only adds.
-    """
-    _, height, width = scan.image.shape
-    objects = []
-    for (x, y, w, h), category in zip(scan.boxes, scan.box_categories, strict=True):
-        x0, y0 = max(int(np.floor(x)), 0), max(int(np.floor(y)), 0)
-        x1, y1 = min(int(np.ceil(x + w)), width), min(int(np.ceil(y + h)), height)
-        if x1 <= x0 or y1 <= y0:
-            continue
-        background = _interpolated_background(scan.image, x0, y0, x1, y1, ring)
-        image = np.maximum(scan.image[:, y0:y1, x0:x1] - background, 0.0).astype(np.float32)
-        objects.append(ThreatObject(image, int(category)))
-    return objects
-
-
-def generate_threat_objects(
-    preprocessing: Preprocessing, categories: Sequence[str], count: int, *, seed: int
-) -> list[ThreatObject]:
-    """Objects from the simulator, on the model grid, for the categories both know.
-
-    Generated once and reused: simulating an object per tile would cost
-    more than the rest of the loader.
-    """
-    categories = list(categories)
-    makeable = [name for name in categories if name in SYNTH_CATEGORIES]
-    rng = np.random.default_rng(seed)
-    spacing = (preprocessing.spacing_mm, preprocessing.spacing_mm)
-    objects = []
-    for k in range(count if makeable else 0):
-        attenuation, category = brick_stack_attenuation(
-            rng, spacing, preprocessing.channels, makeable[k % len(makeable)]
-        )
-        image = np.clip(attenuation / preprocessing.attenuation_scale, 0.0, 1.0).astype(np.float32)
-        if image.any():
-            objects.append(ThreatObject(image, categories.index(category)))
-    return objects
+    return TrainTransform(
+        tip=tip,
+        hflip=augment.hflip,
+        scale_range=augment.scale,
+        gain_range=augment.gain,
+        offset_range=augment.offset,
+        noise=augment.noise,
+        i0_range=augment.noise_i0,
+        blur=augment.blur,
+        blur_sigma=augment.blur_sigma,
+        row_streaks=augment.row_streaks,
+        beam_profile=augment.beam_profile,
+        beam_profile_amplitude=augment.beam_profile_amplitude,
+        saturation=augment.saturation,
+        saturation_range=augment.saturation_range,
+        attenuation_scale=config.model.attenuation_scale,
+    )
 
 
 class AttenuationGain(A.ImageOnlyTransform):
@@ -519,49 +355,3 @@ class PhotonNoise(A.ImageOnlyTransform):
         scale = np.float32(self.attenuation_scale)
         std = np.exp(img * (scale / 2)) / np.float32(np.sqrt(i0) * scale)
         return np.clip(img + normal.reshape(img.shape) * std, 0.0, 1.0)
-
-
-def _interpolated_background(
-    image: np.ndarray, x0: int, y0: int, x1: int, y1: int, ring: int
-) -> np.ndarray:
-    """Background [C, h, w] under a box, interpolated from the ring around it.
-
-    Each side's profile is the median across its strip, which sits at the
-    strip's centre line; interpolating between the two centre lines makes
-    the estimate exact for a background that varies linearly.
-    """
-    _, height, width = image.shape
-    estimates = []
-    for axis, start, stop, size, across in (
-        (1, y0, y1, height, (x0, x1)),
-        (2, x0, x1, width, (y0, y1)),
-    ):
-        near = (max(start - ring, 0), start)
-        far = (stop, min(stop + ring, size))
-        strips = [
-            (np.median(_strip(image, axis, span, across), axis=axis), (span[0] + span[1] - 1) / 2)
-            for span in (near, far)
-            if span[1] > span[0]
-        ]
-        if not strips:
-            continue
-        # A side at the image edge has no ring: the other side alone gives a constant.
-        (first, at_first), (last, at_last) = strips[0], strips[-1]
-        position = np.arange(start, stop, dtype=np.float32)
-        t = (position - at_first) / (at_last - at_first) if at_last != at_first else 0 * position
-        if axis == 1:  # profiles run along columns [C, w]; interpolate down the rows
-            estimates.append(first[:, None, :] + (last - first)[:, None, :] * t[:, None])
-        else:  # profiles run along rows [C, h]; interpolate across the columns
-            estimates.append(first[:, :, None] + (last - first)[:, :, None] * t)
-    if not estimates:
-        return np.zeros((image.shape[0], y1 - y0, x1 - x0), dtype=np.float32)
-    return np.mean(estimates, axis=0)
-
-
-def _strip(
-    image: np.ndarray, axis: int, span: tuple[int, int], across: tuple[int, int]
-) -> np.ndarray:
-    """Rows ``span`` x columns ``across`` (axis 1), or rows ``across`` x columns ``span`` (axis 2)."""
-    if axis == 1:
-        return image[:, span[0] : span[1], across[0] : across[1]]
-    return image[:, across[0] : across[1], span[0] : span[1]]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 from pydicom.uid import ExplicitVRLittleEndian
 
+from scanml.fsutil import write_atomically
 from scanml.io.budget import check_spacing
 from scanml.io.dicom import (
     Encoding,
@@ -175,7 +176,7 @@ def write_scan(
     expected = "ATTENUATION" if suffix == ".npy" else "LIN"
     if encoding not in (None, expected):
         raise ValueError(f"{suffix} files hold {expected} values, not {encoding}")
-    _write_atomically(path, lambda target: writers[suffix](scan, target))
+    write_atomically(path, lambda target: writers[suffix](scan, target))
     return path
 
 
@@ -192,7 +193,7 @@ def _write_dicos(scan: Scan, path: Path, options: dict) -> None:
         def write(partial: Path, single: Scan = single, index: int = index) -> None:
             write_dicom(single, partial, channel_index=index, channel_count=count, **options)
 
-        _write_atomically(target, write)
+        write_atomically(target, write)
 
 
 def _reader_for(path: Path) -> Reader:
@@ -298,12 +299,3 @@ def _spacing_argument(spacing_mm: float | tuple[float, float] | None) -> tuple[f
     if len(pair) != 2 or not all(np.isfinite(value) and value > 0 for value in pair):
         raise ValueError(f"spacing_mm must be one or two positive numbers, got {spacing_mm!r}")
     return (float(pair[0]), float(pair[1]))
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)

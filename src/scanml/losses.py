@@ -1,0 +1,91 @@
+"""What the network learns from a batch of tiles: :class:`DenseTileLoss`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import sigmoid_focal_loss
+
+from scanml.models import DenseLogitNet
+
+__all__ = ["DenseTileLoss"]
+
+
+class DenseTileLoss(nn.Module):
+    """What the network learns from a batch of tiles: where, whether, and what.
+
+    - dense: per-location cross-entropy of the anomaly logits against the
+      object mask pooled to the logit grid (a location is positive when any
+      of its pixels is inside a box). It teaches *where*, and it is what the
+      scan score needs: the score is a maximum over tens of thousands of
+      locations, so every location of a clean scan must stay low;
+    - tile: cross-entropy of the tile logit against the tile label, with
+      the tile logit pooled from the dense logits. ``"max"`` (the default)
+      is the tile-sized version of the scan score: on a clean tile it pushes
+      down the highest location, on a positive one it asks that at least
+      one location fires. ``"mean"`` is the design's original tile logit,
+      but on a positive tile it pushes up every location, the object's
+      background included, which the dense term must then undo;
+    - category: cross-entropy of the category logits averaged over the
+      object's locations, on positive tiles only.
+
+    ``dense_loss="focal"`` replaces the dense cross-entropy by the focal
+    loss (Lin et al., 2017): on large crops nearly every location is clean
+    and easy, and a mean cross-entropy is then dominated by them, while the
+    scan score depends only on the few clean locations that still score
+    high; the focal loss down-weights the easy ones so those few drive it.
+    """
+
+    def __init__(
+        self,
+        dense_weight: float = 1.0,
+        category_weight: float = 0.2,
+        tile_pooling: str = "max",
+        *,
+        dense_loss: str = "bce",
+    ) -> None:
+        super().__init__()
+        if dense_loss not in ("bce", "focal"):
+            raise ValueError(f"dense_loss is 'bce' or 'focal', got {dense_loss!r}")
+        self.dense_weight = dense_weight
+        self.category_weight = category_weight
+        self.tile_pooling = tile_pooling
+        self.dense_loss = dense_loss
+
+    def forward(
+        self, dense_logits: torch.Tensor, targets: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        anomaly = dense_logits[:, 0]
+        labels = targets["label"].float()
+        tile_logits = DenseLogitNet.tile_logits(dense_logits, self.tile_pooling)
+        tile_loss = F.binary_cross_entropy_with_logits(tile_logits, labels)
+
+        cells = F.adaptive_max_pool2d(targets["mask"].float()[:, None], anomaly.shape[-2:])[:, 0]
+        cells = cells * labels[:, None, None]  # a clean tile is clean everywhere
+        if self.dense_loss == "focal":
+            # RetinaNet's normalisation: by the positive locations, so a
+            # batch's loss does not shrink as its crops grow.
+            dense_loss = sigmoid_focal_loss(
+                anomaly, cells, reduction="sum"
+            ) / cells.sum().clamp_min(float(anomaly.shape[0]))
+        else:
+            dense_loss = F.binary_cross_entropy_with_logits(anomaly, cells)
+
+        category_loss = dense_logits.new_zeros(())
+        positive = (targets["category"] >= 0) & (labels > 0.5)
+        if positive.any() and dense_logits.shape[1] > 1:
+            weights = cells[positive][:, None]
+            pooled = (dense_logits[positive, 1:] * weights).sum((2, 3)) / weights.sum(
+                (2, 3)
+            ).clamp_min(1.0)
+            category_loss = F.cross_entropy(pooled, targets["category"][positive].long())
+
+        loss = tile_loss + self.dense_weight * dense_loss + self.category_weight * category_loss
+        return {
+            "loss": loss,
+            "tile_loss": tile_loss.detach(),
+            "dense_loss": dense_loss.detach(),
+            "category_loss": category_loss.detach(),
+            "tile_logits": tile_logits.detach(),
+        }

@@ -1,0 +1,178 @@
+"""Whole-scan validation during training, and the hard negatives mined between epochs.
+
+Validation runs the same :class:`~scanml.predict.Predictor` on whole scans
+that scoring uses, so a validation AUROC is a statement about whole scans,
+never about tiles. The validation scans are read and prepared once per run
+(:func:`load_validation_scans`), not once per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from scanml.config import Config
+from scanml.dataset import ScanDataset, ScanRecord
+from scanml.io import ScanReadError, read_scan
+from scanml.metrics import ScanMetrics, ScanOutcome, compute_metrics
+from scanml.models import ModelBundle
+from scanml.predict import Prediction, Predictor
+from scanml.preprocess import PreparedScan, Preprocessing, prepare_scan
+
+if TYPE_CHECKING:
+    from scanml.tracking import Tracker
+
+__all__ = [
+    "ValidationScan",
+    "load_validation_scans",
+    "log_validation_figures",
+    "mine_hard_negatives",
+    "validate",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ValidationScan:
+    """A validation scan: its manifest record (label, boxes, site) and the scan prepared once.
+
+    Prepared once per run, not once per epoch; the Predictor scores
+    ``prepared`` in the scan's own pixels, where the record's boxes are.
+    """
+
+    record: ScanRecord
+    prepared: PreparedScan
+
+
+def validate(
+    bundle: ModelBundle,
+    scans: Sequence[ValidationScan],
+    *,
+    device: torch.device,
+    config: Config,
+    progress: bool = True,
+) -> tuple[ScanMetrics, list[tuple[ValidationScan, Prediction]]]:
+    """Score whole validation scans through the Predictor and compute scan metrics."""
+    predictor = Predictor(
+        bundle, device=device, max_block_pixels=config.validation.max_block_pixels
+    )
+    outcomes, predictions = [], []
+    for item in tqdm(scans, desc="validation", unit="scan", disable=not progress, leave=False):
+        prediction = predictor.predict_prepared(item.prepared)
+        predictions.append((item, prediction))
+        outcomes.append(ScanOutcome.of(item.record, prediction))
+    return compute_metrics(outcomes), predictions
+
+
+def mine_hard_negatives(
+    bundle: ModelBundle,
+    records: ScanDataset,
+    *,
+    per_scan: int,
+    tile_size: int,
+    max_scans: int | None = None,
+    seed: int = 0,
+    device: torch.device,
+    progress: bool = True,
+) -> dict[str, list[tuple[int, int, float]]]:
+    """The locations of clean training scans the current model scores highest.
+
+    Returned in model-grid pixels (tile centres), per scan id. Peaks closer
+    than half a tile are suppressed so one corner post does not fill the list.
+    With ``max_scans``, a sample of that many clean scans (drawn with
+    ``seed``, so successive rounds visit different scans) bounds the cost.
+    """
+    predictor = Predictor(bundle, device=device)
+    grid = bundle.network.grid
+    mined: dict[str, list[tuple[int, int, float]]] = {}
+    clean = [record for record in records.records if record.label == 0]
+    if max_scans is not None and len(clean) > max_scans:
+        clean = random.Random(seed).sample(clean, max_scans)
+    for record in tqdm(
+        clean, desc="mining hard negatives", unit="scan", disable=not progress, leave=False
+    ):
+        try:
+            scan = read_scan(record.path, spacing_mm=record.spacing_mm, site=record.site)
+        except ScanReadError as exc:
+            log.warning("hard-negative mining skips %s", exc)
+            continue
+        dense = predictor.predict(scan).dense_logits[0]  # the anomaly channel
+        mined[record.scan_id] = _top_locations(
+            dense, per_scan, grid.stride, grid.offset, tile_size // 2
+        )
+    return mined
+
+
+def _top_locations(
+    dense: np.ndarray, count: int, stride: int, offset: float, min_distance: int
+) -> list[tuple[int, int, float]]:
+    """The ``count`` highest cells, as model-grid pixel centres, at least ``min_distance`` apart."""
+    order = np.argsort(dense, axis=None)[::-1]
+    picked: list[tuple[int, int, float]] = []
+    for flat in order:
+        row, col = np.unravel_index(flat, dense.shape)
+        y, x = round(offset + stride * int(row)), round(offset + stride * int(col))
+        if all(abs(y - py) >= min_distance or abs(x - px) >= min_distance for py, px, _ in picked):
+            picked.append((y, x, float(dense[row, col])))
+            if len(picked) == count:
+                break
+    return picked
+
+
+def load_validation_scans(
+    val_set: ScanDataset, config: Config, preprocessing: Preprocessing
+) -> list[ValidationScan]:
+    records = list(val_set.records)
+    if config.data.max_val_scans and len(records) > config.data.max_val_scans:
+        rng = random.Random(config.seed)
+        records = sorted(rng.sample(records, config.data.max_val_scans), key=lambda r: r.scan_id)
+    scans = []
+    for record in records:
+        try:
+            scan = read_scan(record.path, spacing_mm=record.spacing_mm, site=record.site)
+        except ScanReadError as exc:
+            log.warning("validation skips %s", exc)
+            continue
+        scans.append(
+            ValidationScan(record, prepare_scan(scan, preprocessing, scan_id=record.scan_id))
+        )
+    return scans
+
+
+def log_validation_figures(
+    tracker: Tracker,
+    metrics: ScanMetrics,
+    predictions: Sequence[tuple[ValidationScan, Prediction]],
+    bundle: ModelBundle,
+    config: Config,
+) -> None:
+    """The run's ROC, PR, DR-vs-FAR and confusion figures, and overlays of its top-scored scans."""
+    import matplotlib.pyplot as plt
+
+    from scanml import overlays, plots
+
+    outcomes = [ScanOutcome.of(item.record, prediction) for item, prediction in predictions]
+    for name, figure in (
+        ("roc.png", plots.plot_roc(outcomes)),
+        ("precision_recall.png", plots.plot_pr(outcomes)),
+        ("detection_rate_vs_false_alarms.png", plots.plot_dr_far(outcomes)),
+        ("confusion_matrix.png", plots.plot_confusion(outcomes, bundle.threshold)),
+    ):
+        tracker.log_figure(figure, f"plots/{name}")
+        plt.close(figure)
+    ranked = sorted(predictions, key=lambda pair: pair[1].score, reverse=True)
+    for item, prediction in ranked[: config.validation.overlays]:
+        scan = read_scan(item.record.path, spacing_mm=item.record.spacing_mm, site=item.record.site)
+        title = f"{item.record.scan_id} label={item.record.label} score={prediction.score:.3f}"
+        image = overlays.overlay_image(
+            scan, prediction, title=title, heat_floor=bundle.region_threshold
+        )
+        tracker.log_image(image, f"overlays/{item.record.scan_id}.png")
