@@ -28,6 +28,7 @@ import numpy as np
 from pydicom.uid import generate_uid
 from tqdm import tqdm
 
+from scanml.fsutil import write_text_atomically
 from scanml.io import Scan, write_scan
 from scanml.synth.concealment import CATEGORIES, Annotation
 from scanml.synth.profiles import SCANNER_PROFILES
@@ -324,7 +325,7 @@ def _make_scan(job: _Job) -> dict[str, Any]:
         "row": _manifest_row(job, scan, annotations),
         "annotations": [asdict(a) for a in annotations],
     }
-    _write_atomically(out / _RECORDS_DIR / f"{job.scan_id}.json", json.dumps(record, indent=1))
+    write_text_atomically(out / _RECORDS_DIR / f"{job.scan_id}.json", json.dumps(record, indent=1))
     return record
 
 
@@ -378,7 +379,7 @@ def _write_manifest(out: Path, records: list[dict[str, Any]]) -> Path:
     writer.writeheader()
     writer.writerows(record["row"] for record in records)
     path = out / "manifest.csv"
-    _write_atomically(path, buffer.getvalue())
+    write_text_atomically(path, buffer.getvalue())
     return path
 
 
@@ -426,12 +427,5 @@ def _write_coco(out: Path, records: list[dict[str, Any]]) -> Path:
         ],
     }
     path = out / "annotations.json"
-    _write_atomically(path, json.dumps(coco, indent=1))
+    write_text_atomically(path, json.dumps(coco, indent=1))
     return path
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write beside the target and rename: a killed run never leaves half a file."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
