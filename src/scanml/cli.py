@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from scanml import __version__, cli_watch
+from scanml import __version__, cli_scale, cli_watch
 from scanml.cli_checks import (
     MODEL_HELP,
     UserFacingError,
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_bench,
         _add_exchange,
         cli_watch.add_watch,
+        cli_scale.add_server,
     ):
         add(commands)
     return parser
@@ -376,6 +377,7 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
         "--retry-failed", action="store_true", help="score again the files of error rows"
     )
     cli_watch.add_store_options(p)
+    cli_scale.add_engine_options(p)
     p.set_defaults(func=_run_score)
 
 
@@ -400,6 +402,8 @@ def _run_score(args: argparse.Namespace) -> int:
     from scanml.registry import resolve_model as name_what_exists
 
     name_what_exists(args.model)  # the server answers: a wrong URI names the models that exist
+    if args.engine == "spark":
+        return cli_scale.run_score_with_spark(args)
     from scanml.scoring import ScoringError, TableLockedError, score
 
     try:

@@ -185,6 +185,7 @@ def train(
         config.tracking.experiment,
         max_retries=config.tracking.max_retries,
         timeout_s=config.tracking.timeout_s,
+        retry_after_s=config.tracking.retry_after_s,
     )
     state.mlflow_run_id = (
         tracker.start(
