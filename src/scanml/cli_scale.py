@@ -126,3 +126,34 @@ def run_score_with_spark(args: argparse.Namespace) -> int:
     if summary.outputs_failed:
         return 1
     return 0 if summary.scanned or not summary.failed else 1
+
+
+# -- scanml train --nproc N ---------------------------------------------------------------
+
+
+def add_nproc_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train with N processes on this machine (DistributedDataParallel under torchrun); "
+        "on several machines run torchrun yourself: torchrun --nproc-per-node N -m scanml train ...",
+    )
+
+
+def run_train_processes(args: argparse.Namespace) -> int:
+    """``scanml train --nproc N ...`` as ``torchrun --standalone --nproc-per-node N -m scanml train ...``."""
+    if args.nproc < 1:
+        print(f"scanml train: error: --nproc {args.nproc}: must be 1 or more", file=sys.stderr)
+        return 2
+    argv = ["train", "--data", str(args.data)]
+    if args.config is not None:
+        argv += ["--config", str(args.config)]
+    for override in args.overrides:
+        argv += ["--set", override]
+    if args.resume is not None:
+        argv += ["--resume", args.resume]
+    from scanml.distributed import launch
+
+    return launch(args.nproc, argv)

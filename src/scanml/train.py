@@ -15,13 +15,14 @@ and ends with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ from torch.utils.data import DataLoader
 from torchvision.ops import sigmoid_focal_loss
 from tqdm.auto import tqdm
 
+from scanml import distributed
 from scanml.config import Config, config_from_json, load_config
 from scanml.console import epoch_line, interrupted_message, say, start_banner
 from scanml.data import (
@@ -85,12 +87,15 @@ def train(
     ``resume`` names a run to continue (its MLflow run id, its folder under
     ``train.runs_dir``, or a ``last.pt``); its saved configuration is used.
     """
-    run_dir, checkpoint = _open_run(config, resume, overrides)
+    # Under torchrun: rank 0 opens the run folder, every rank learns it (scanml.distributed).
+    world = distributed.setup(_device(config.train.device if config else "auto"))
+    run_dir, checkpoint = world.from_main(lambda: _open_run(config, resume, overrides))
     config = config_from_json(checkpoint["config"]) if checkpoint else config
     assert config is not None
-    if checkpoint is None:
+    if checkpoint is None and world.is_main:
         config.save(run_dir / "config.yaml")
-    device = _device(config.train.device)
+    device = world.device(_device(config.train.device))
+    progress = progress and world.is_main
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     _seed_everything(config.seed)
@@ -128,6 +133,8 @@ def train(
         categories=config.model.categories,
         cache_bytes=config.data.cache_bytes,
         seed=config.seed,
+        rank=world.rank,
+        world_size=world.world_size,
     )
     loader = DataLoader(
         tiles,
@@ -187,13 +194,15 @@ def train(
         timeout_s=config.tracking.timeout_s,
         retry_after_s=config.tracking.retry_after_s,
     )
-    state.mlflow_run_id = (
-        tracker.start(
-            run_id=state.mlflow_run_id,
-            run_name=config.tracking.run_name or run_dir.name,
-            tags=run_tags({"scanml.run_dir": str(run_dir.resolve())}),
+    state.mlflow_run_id = world.from_main(  # one MLflow run, logged by rank 0 alone
+        lambda: (
+            tracker.start(
+                run_id=state.mlflow_run_id,
+                run_name=config.tracking.run_name or run_dir.name,
+                tags=run_tags({"scanml.run_dir": str(run_dir.resolve())}),
+            )
+            or state.mlflow_run_id
         )
-        or state.mlflow_run_id
     )
     if config.tracking.system_metrics:
         tracker.start_system_metrics()
@@ -205,12 +214,15 @@ def train(
                 "data.digest": dataset.digest,
                 "data.n_train": len(train_set),
                 "data.n_val": len(val_set),
+                "distributed.world_size": world.world_size,
             }
         )
         tracker.log_dataset(train_set, name=Path(data_dir).name, context="training")
         tracker.log_dataset(val_set, name=Path(data_dir).name, context="validation")
         tracker.log_artifact(run_dir / "config.yaml")
-    _save_run_info(run_dir, state.mlflow_run_id)
+    if world.is_main:
+        _save_run_info(run_dir, state.mlflow_run_id)
+    trainable = world.wrap(network, device)  # DistributedDataParallel under torchrun
     say(
         start_banner(
             run_name=config.tracking.run_name or run_dir.name,
@@ -238,18 +250,19 @@ def train(
                 break
             epoch_started = time.monotonic()
             tiles.set_epoch(epoch)
-            epoch_stats = train_one_epoch(
-                network,
-                criterion,
-                optimizer,
-                scheduler,
-                scaler,
-                loader,
-                device=device,
-                epoch=epoch,
-                config=config,
-                progress=progress,
-            )
+            with world.join(trainable):
+                epoch_stats = train_one_epoch(
+                    trainable,
+                    criterion,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    loader,
+                    device=device,
+                    epoch=epoch,
+                    config=config,
+                    progress=progress,
+                )
             tracker.log_metrics(
                 {f"train/{key}": value for key, value in epoch_stats.items()}, step=epoch
             )
@@ -259,8 +272,14 @@ def train(
                 bundle = _bundle(
                     network, config, preprocessing, threshold=0.5, run_id=state.mlflow_run_id
                 )
-                metrics, _ = validate(
-                    bundle, val_records, device=device, config=config, progress=progress
+                metrics, _ = distributed.validate_across(
+                    world,
+                    validate,
+                    bundle,
+                    val_records,
+                    device=device,
+                    config=config,
+                    progress=progress,
                 )
                 tracker.log_metrics(
                     {f"val/{k}": v for k, v in metrics.to_flat_dict().items()}, step=epoch
@@ -274,9 +293,10 @@ def train(
                 improved = state.improves(value, config.train.monitor_mode)
                 if improved:
                     state.best_metric, state.best_epoch, state.stale_epochs = value, epoch, 0
-                    _save_checkpoint(
-                        run_dir / "best.pt", network, optimizer, scheduler, state, config, epoch
-                    )
+                    if world.is_main:
+                        _save_checkpoint(
+                            run_dir / "best.pt", network, optimizer, scheduler, state, config, epoch
+                        )
                 else:
                     state.stale_epochs += 1
                 flat = metrics.to_flat_dict()
@@ -310,16 +330,20 @@ def train(
                     seed=config.seed + epoch,
                     device=device,
                     progress=progress,
+                    share=world.share,
                 )
+                mined = distributed.merge_across(world, mined)
                 # Scans not re-scored this round keep the locations found before.
                 state.hard_negatives = {**state.hard_negatives, **mined}
                 sampler.set_hard_negatives(state.hard_negatives)
 
             state.epoch = epoch
             state.elapsed_s += time.monotonic() - epoch_started
-            if budget_s is not None:
-                state.planned_epochs = _plan_epochs(
-                    budget_s, state.elapsed_s, epoch, config.train.epochs
+            if budget_s is not None:  # rank 0's clock decides, so the ranks stop together
+                state.planned_epochs = world.from_main(
+                    functools.partial(
+                        _plan_epochs, budget_s, state.elapsed_s, epoch, config.train.epochs
+                    )
                 )
                 schedule.total_steps = state.planned_epochs * steps_per_epoch
                 tracker.log_metrics(
@@ -329,15 +353,16 @@ def train(
                     },
                     step=epoch,
                 )
-            if config.train.keep_epoch_models:
+            if config.train.keep_epoch_models and world.is_main:
                 snapshot = _bundle(
                     network, config, preprocessing, threshold=0.5, run_id=state.mlflow_run_id
                 )
                 snapshot.metadata.update(epoch=epoch, elapsed_min=round(state.elapsed_s / 60, 3))
                 snapshot.save(run_dir / "epochs" / f"epoch-{epoch:03d}")
-            _save_checkpoint(
-                run_dir / "last.pt", network, optimizer, scheduler, state, config, epoch
-            )
+            if world.is_main:
+                _save_checkpoint(
+                    run_dir / "last.pt", network, optimizer, scheduler, state, config, epoch
+                )
             patience = config.train.early_stopping_patience
             if patience is not None and state.stale_epochs >= patience:
                 log.info(
@@ -347,6 +372,9 @@ def train(
                 )
                 break
 
+        if not world.is_main:  # rank 0 alone calibrates, saves and registers the model
+            status = "FINISHED"
+            return TrainResult(state.mlflow_run_id, None, run_dir, bundle_dir, state.best_epoch, {})
         result = _finish(
             run_dir,
             bundle_dir,
@@ -368,6 +396,7 @@ def train(
         raise
     finally:
         tracker.end(status=status)
+        world.close()
 
 
 # -- one epoch --------------------------------------------------------------------------
@@ -564,6 +593,7 @@ def mine_hard_negatives(
     seed: int = 0,
     device: torch.device,
     progress: bool = True,
+    share: Callable[[list[ScanRecord]], list[ScanRecord]] = list,
 ) -> dict[str, list[tuple[int, int, float]]]:
     """The locations of clean training scans the current model scores highest.
 
@@ -578,6 +608,7 @@ def mine_hard_negatives(
     clean = [record for record in records.records if record.label == 0]
     if max_scans is not None and len(clean) > max_scans:
         clean = random.Random(seed).sample(clean, max_scans)
+    clean = share(clean)  # this process's share, when several train together
     for record in tqdm(
         clean, desc="mining hard negatives", unit="scan", disable=not progress, leave=False
     ):
