@@ -167,6 +167,9 @@ def server_environment(
     # Signs the UI's CSRF tokens. One random key per start is shared by its workers;
     # export a fixed one when several servers sit behind one address.
     environment.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
+    # MLflow's job runner (GenAI evaluation jobs, a pool of consumer processes) serves
+    # nothing scanml logs; an operator who wants it exports the variable as true.
+    environment.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     return environment
 
 
