@@ -166,7 +166,8 @@ def train(
     optimizer = torch.optim.AdamW(
         _parameter_groups(network, config.train.weight_decay), lr=config.train.lr
     )
-    steps_per_epoch = _steps_per_epoch(len(train_set), config)
+    # each rank steps through its own share of the scans
+    steps_per_epoch = _steps_per_epoch(math.ceil(len(train_set) / world.world_size), config)
     schedule = WarmupCosine(
         round(config.train.warmup_epochs * steps_per_epoch), config.train.epochs * steps_per_epoch
     )
