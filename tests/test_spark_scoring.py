@@ -93,8 +93,19 @@ def test_spark_job_killed_and_rerun_scores_each_scan_once_like_scanml_score(
     assert rerun.skipped == committed
     assert rerun.scanned + rerun.failed == n_scans - committed
 
-    spark_rows = pd.read_parquet(out).drop(columns="seconds")
-    local_rows = pd.read_parquet(tmp_path / "local.parquet").drop(columns="seconds")
-    assert spark_rows["path"].is_unique and len(spark_rows) == n_scans
-    pd.testing.assert_frame_equal(spark_rows, local_rows, check_exact=False, atol=1e-6)
+    spark_rows = pq.read_table(out).drop_columns(["seconds"]).to_pylist()
+    local_rows = pq.read_table(tmp_path / "local.parquet").drop_columns(["seconds"]).to_pylist()
+    assert len({row["path"] for row in spark_rows}) == len(spark_rows) == n_scans
+    assert [_rounded(row) for row in spark_rows] == [_rounded(row) for row in local_rows]
     assert not parts.exists()
+
+
+def _rounded(value):
+    """Rows compared up to float noise: the same code on the same CPU, other threads."""
+    if isinstance(value, float):
+        return round(value, 5)
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rounded(item) for item in value]
+    return value
