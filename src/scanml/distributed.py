@@ -37,7 +37,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["Distributed", "launch", "setup"]
+from scanml.tracking import Tracker
+
+__all__ = ["Distributed", "SilentTracker", "launch", "setup"]
 
 T = TypeVar("T")
 
@@ -107,6 +109,17 @@ class Distributed:
     def close(self) -> None:
         if self.active and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class SilentTracker(Tracker):
+    """The tracker of ranks other than 0: no client, no run, every call a no-op.
+
+    Not even a client is made: opening a sqlite store creates its tables,
+    and two processes doing that at once fail with "database is locked".
+    """
+
+    def __post_init__(self) -> None:
+        self._client = None  # type: ignore[assignment]
 
 
 def setup(device: torch.device) -> Distributed:

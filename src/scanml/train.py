@@ -188,7 +188,7 @@ def train(
         log.info("resuming %s after epoch %d", run_dir.name, state.epoch)
 
     # -- tracking -----------------------------------------------------------------------
-    tracker = Tracker(
+    tracker = (Tracker if world.is_main else distributed.SilentTracker)(
         resolve_tracking_uri(config.tracking.tracking_uri),
         config.tracking.experiment,
         max_retries=config.tracking.max_retries,
