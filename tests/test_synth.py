@@ -260,3 +260,50 @@ def test_varied_acquisition_draws_each_scans_chain_around_its_sites() -> None:
     drawn, _ = simulate_scan(5, "rotterdam", length="20ft", anomalous=False, vary_acquisition=True)
     np.testing.assert_array_equal(plain.attenuation, again.attenuation)  # off: as before
     assert drawn.spacing_mm != plain.spacing_mm
+
+
+def test_thinned_threats_keep_their_place_and_lose_contrast_in_proportion() -> None:
+    """``threat_strength`` thins the same concealment along the ray, never below visibility."""
+    from scanml.synth.concealment import MIN_CONTRAST
+
+    pairs = []
+    for seed in range(4):
+        _, full = simulate_scan(seed, "antwerp", anomalous=True, threat_strength=(0.999, 0.999))
+        _, thin = simulate_scan(seed, "antwerp", anomalous=True, threat_strength=(0.3, 0.3))
+        assert [a.category for a in thin] == [a.category for a in full]
+        pairs += list(zip(full, thin, strict=True))
+    assert len(pairs) >= 4
+    for full, thin in pairs:
+        assert thin.concealment == full.concealment
+        # Same object, same place: the box moves by at most an anti-aliased pixel.
+        assert np.abs(np.subtract(thin.bbox, full.bbox)).max() <= 2, (full, thin)
+        assert abs(thin.contrast) >= MIN_CONTRAST - 0.01 or abs(full.contrast) <= MIN_CONTRAST
+        expected = max(0.3 * abs(full.contrast), min(MIN_CONTRAST, abs(full.contrast)))
+        assert abs(thin.contrast) == pytest.approx(expected, rel=0.25, abs=0.02), (full, thin)
+        assert thin.mass_kg < full.mass_kg or abs(full.contrast) <= MIN_CONTRAST / 0.3
+
+
+def test_threat_strength_outside_zero_one_is_refused_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scanml",
+            "synth",
+            "--out",
+            str(tmp_path / "d"),
+            "--n-scans",
+            "2",
+            "--threat-strength",
+            "0.5,2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "--threat-strength" in result.stderr and "0 < LOW <= HIGH <= 1" in result.stderr
+    assert "Traceback" not in result.stderr

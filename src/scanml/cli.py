@@ -161,7 +161,26 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
         help="draw each scan's flux, blur, streaks, pixel pitch and saturation around its "
         "site's (scanners differ as much as scenes do)",
     )
+    p.add_argument(
+        "--threat-strength",
+        type=_strength_range,
+        default=(1.0, 1.0),
+        metavar="LOW,HIGH",
+        help="thin each concealment along the ray by a factor drawn log-uniformly in "
+        "[LOW, HIGH] (0 < LOW <= HIGH <= 1; default 1,1: as drawn), so that threats range "
+        "from obvious to barely visible",
+    )
     p.set_defaults(func=_run_synth)
+
+
+def _strength_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LOW,HIGH, e.g. 0.2,1") from None
+    if not 0.0 < low <= high <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 < LOW <= HIGH <= 1")
+    return low, high
 
 
 def _run_synth(args: argparse.Namespace) -> int:
@@ -185,6 +204,7 @@ def _run_synth(args: argparse.Namespace) -> int:
             workers=args.workers,
             skip_existing=args.skip_existing,
             vary_acquisition=args.vary_acquisition,
+            threat_strength=args.threat_strength,
         )
     except ValueError as exc:  # an unknown site or length: the message lists the known ones
         raise UserFacingError(str(exc)) from None

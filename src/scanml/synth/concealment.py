@@ -44,6 +44,11 @@ COPPER = MATERIALS["copper"]
 WOOD = MATERIALS["wood"]
 BOARD = 0.5  # cm of corrugated board in a case wall
 
+# Net attenuation (high energy, before noise) below which a concealment is
+# not thinned further: about the photon noise of one 8 mm pixel behind
+# 20-30 cm of cargo, so a box is never drawn around nothing.
+MIN_CONTRAST = 0.06
+
 
 @dataclass(frozen=True)
 class Annotation:
@@ -71,20 +76,85 @@ class _Placed:
 
 
 def conceal(
-    canvas: Canvas, geometry: ContainerGeometry, load: CargoLoad, rng: np.random.Generator
+    canvas: Canvas,
+    geometry: ContainerGeometry,
+    load: CargoLoad,
+    rng: np.random.Generator,
+    *,
+    strength: tuple[float, float] = (1.0, 1.0),
+    min_contrast: float = MIN_CONTRAST,
 ) -> list[Annotation]:
-    """Hide one to three concealments in the scene and annotate each."""
+    """Hide one to three concealments in the scene and annotate each.
+
+    ``strength`` is the range (log-uniform) of a factor on each
+    concealment's thickness along the ray: below 1 the same object is
+    thinner (fewer bricks deep), so its contrast against the cargo falls in
+    proportion. A concealment is never thinned below ``min_contrast`` of net
+    attenuation (what an annotator could still point at); one already that
+    faint at full thickness is kept as drawn. The default ``(1, 1)`` draws
+    exactly what earlier versions drew, byte for byte.
+    """
+    low, high = strength
+    if not 0.0 < low <= high <= 1.0:
+        raise ValueError(f"strength must satisfy 0 < low <= high <= 1, got {strength}")
     annotations: list[Annotation] = []
     for _ in range(1 if rng.random() < 0.7 else int(rng.integers(2, 4))):
         category = str(rng.choice(CATEGORIES, p=_CATEGORY_WEIGHTS))
         method, place = _choose_method(category, geometry, load, rng)
-        footprint = canvas.record()
-        placed = place(canvas, geometry, load, rng)
-        canvas.stop_recording()
-        annotation = _annotate(canvas, footprint, category, method, placed)
+        if (low, high) == (1.0, 1.0):
+            annotation = _place(canvas, geometry, load, rng, category, method, place, 1.0)
+        else:
+            target = _log_uniform(rng, low, high) if low < high else low
+            annotation = _place_thinned(
+                canvas, geometry, load, rng, category, method, place, target, min_contrast
+            )
         if annotation is not None:
             annotations.append(annotation)
     return annotations
+
+
+def _place(
+    canvas: Canvas,
+    geometry: ContainerGeometry,
+    load: CargoLoad,
+    rng: np.random.Generator,
+    category: str,
+    method: str,
+    place: _Place,
+    strength: float,
+) -> Annotation | None:
+    footprint = canvas.record(strength)
+    try:
+        placed = place(canvas, geometry, load, rng)
+    finally:
+        canvas.stop_recording()
+    return _annotate(canvas, footprint, category, method, placed, strength)
+
+
+def _place_thinned(
+    canvas: Canvas,
+    geometry: ContainerGeometry,
+    load: CargoLoad,
+    rng: np.random.Generator,
+    category: str,
+    method: str,
+    place: _Place,
+    target: float,
+    min_contrast: float,
+) -> Annotation | None:
+    """Place at full thickness, then replay the same draw thinned to ``target`` (floored)."""
+    seed = int(rng.integers(2**63))
+    before = canvas.attenuation.copy()
+    full = _place(canvas, geometry, load, np.random.default_rng(seed), category, method, place, 1.0)
+    if full is None or abs(full.contrast) <= min_contrast:
+        return full
+    factor = max(target, min_contrast / abs(full.contrast))
+    if factor >= 1.0:
+        return full
+    canvas.attenuation[...] = before
+    return _place(
+        canvas, geometry, load, np.random.default_rng(seed), category, method, place, factor
+    )
 
 
 def brick_stack_attenuation(
@@ -158,7 +228,12 @@ def _choose_method(
 
 
 def _annotate(
-    canvas: Canvas, footprint: Footprint, category: str, method: str, placed: _Placed
+    canvas: Canvas,
+    footprint: Footprint,
+    category: str,
+    method: str,
+    placed: _Placed,
+    strength: float = 1.0,
 ) -> Annotation | None:
     """The tight box of what was deposited and the net attenuation change inside it."""
     box = footprint.bbox(canvas.shape)
@@ -171,7 +246,7 @@ def _annotate(
         category=category,
         concealment=method,
         material=placed.material,
-        mass_kg=round(placed.mass_kg, 2),
+        mass_kg=round(placed.mass_kg * strength, 2),
         contrast=round(float(added[r0:r1, c0:c1].mean()), 4),
     )
 

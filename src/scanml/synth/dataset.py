@@ -100,6 +100,7 @@ class _Job:
     out_dir: str
     path: str  # relative to out_dir
     vary_acquisition: bool = False
+    threat_strength: tuple[float, float] = (1.0, 1.0)
 
     @property
     def fingerprint(self) -> str:
@@ -115,6 +116,8 @@ class _Job:
         )
         if self.vary_acquisition:  # only then, so existing datasets keep their fingerprints
             fields += ("vary_acquisition",)
+        if self.threat_strength != (1.0, 1.0):
+            fields += (("threat_strength", *self.threat_strength),)
         return hashlib.sha256(repr(fields).encode()).hexdigest()[:16]
 
 
@@ -132,6 +135,7 @@ def generate_dataset(
     skip_existing: bool = False,
     progress: bool = True,
     vary_acquisition: bool = False,
+    threat_strength: tuple[float, float] = (1.0, 1.0),
 ) -> SynthSummary:
     """Simulate ``n_scans`` scans into ``out_dir`` with a manifest and COCO annotations.
 
@@ -145,13 +149,22 @@ def generate_dataset(
     site's (:func:`~scanml.synth.profiles.varied_profile`): flux, blur,
     detector streaks, pixel pitch and saturation differ from scan to scan,
     as they do between the scanners a model will meet.
+    ``threat_strength`` ``(low, high)`` thins each concealment along the ray
+    by a factor drawn log-uniformly in that range (never below a visible
+    contrast), so that threats range from obvious to barely visible.
     """
     started = time.perf_counter()
     jobs = _plan(
         Path(out_dir), n_scans, seed, anomaly_fraction, sites, lengths, energy, file_format
     )
-    if vary_acquisition:
-        jobs = [replace(job, vary_acquisition=True) for job in jobs]
+    low, high = (float(v) for v in threat_strength)
+    if not 0.0 < low <= high <= 1.0:
+        raise ValueError(
+            f"threat_strength must satisfy 0 < low <= high <= 1, got {threat_strength}"
+        )
+    jobs = [
+        replace(job, vary_acquisition=vary_acquisition, threat_strength=(low, high)) for job in jobs
+    ]
     out = Path(out_dir)
     (out / "scans").mkdir(parents=True, exist_ok=True)
     (out / _RECORDS_DIR).mkdir(exist_ok=True)
@@ -281,6 +294,7 @@ def _make_scan(job: _Job) -> dict[str, Any]:
             energy=job.energy,  # type: ignore[arg-type]
             scan_id=job.scan_id,
             vary_acquisition=job.vary_acquisition,
+            threat_strength=job.threat_strength,
         )
         if bool(annotations) == bool(job.label):
             break

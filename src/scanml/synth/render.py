@@ -95,6 +95,7 @@ class Canvas:
     y_top_cm: float
     textures: np.ndarray
     _footprint: Footprint | None = None
+    _strength: float = 1.0
 
     @classmethod
     def blank(
@@ -134,14 +135,23 @@ class Canvas:
         """Length of the scanned scene along the vehicle."""
         return self.shape[1] * self.col_cm
 
-    def record(self) -> Footprint:
-        """Start collecting what every later deposit adds; :meth:`stop_recording` ends it."""
+    def record(self, strength: float = 1.0) -> Footprint:
+        """Start collecting what every later deposit adds; :meth:`stop_recording` ends it.
+
+        ``strength`` scales the areal density of every recorded deposit and
+        removal: the same object, thinner along the ray (fewer bricks deep),
+        displacing proportionally less of its host.
+        """
+        if not strength > 0:
+            raise ValueError(f"strength must be positive, got {strength}")
         self._footprint = Footprint()
+        self._strength = float(strength)
         return self._footprint
 
     def stop_recording(self) -> None:
         """Stop collecting deposits into the current :class:`Footprint`."""
         self._footprint = None
+        self._strength = 1.0
 
     def box(
         self,
@@ -197,6 +207,8 @@ class Canvas:
     ) -> None:
         """Add ``mu * areal`` (areal density g/cm2) to every channel, with partial volume."""
         h, w = coverage.shape
+        if self._strength != 1.0:
+            areal = areal * self._strength
         partial = bool((coverage < 1.0).any())
         for index, energy in enumerate(self.channels):
             local = np.minimum(material.mu(energy) * areal, _MAX_LOCAL_ATTENUATION)

@@ -53,6 +53,7 @@ def simulate_scan(
     energy: EnergyMode = "site",
     scan_id: str | None = None,
     vary_acquisition: bool = False,
+    threat_strength: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[Scan, list[Annotation]]:
     """Simulate one side-view transmission scan and the boxes of its concealments.
 
@@ -64,6 +65,8 @@ def simulate_scan(
     keeps the site's channels (``"site"``), only the high-energy one
     (``"single"``) or forces two (``"dual"``). ``vary_acquisition`` draws
     this scan's acquisition chain around the profile's (``varied_profile``).
+    ``threat_strength`` thins each concealment along the ray by a factor
+    drawn log-uniformly in that range (see :func:`~scanml.synth.concealment.conceal`).
     """
     rng = np.random.default_rng(rng_or_seed)
     if isinstance(profile, str):
@@ -89,7 +92,9 @@ def simulate_scan(
         canvas, scene.container, layout.container_x, layout.container_y, rng
     )
     load = load_cargo(canvas, geometry, scene.cargo_type, rng)
-    annotations = conceal(canvas, geometry, load, rng) if scene.anomalous else []
+    annotations = (
+        conceal(canvas, geometry, load, rng, strength=threat_strength) if scene.anomalous else []
+    )
 
     attenuation = measure(canvas.attenuation, profile, i0, rng)
     if profile.cab_side == "right":
