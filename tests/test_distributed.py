@@ -7,13 +7,14 @@ every epoch logged once, by rank 0, and the model registered.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow import MlflowClient
 
@@ -34,6 +35,18 @@ def _train(workdir: Path, uri: str, *args: str) -> subprocess.Popen:
     )
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants: torchrun starts each rank in a session of its own."""
+    try:
+        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for process in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(family, timeout=60)
+
+
 @pytest.mark.timeout(1200)
 def test_two_processes_train_into_one_run_killed_and_resumed(
     tiny_dataset: Path, tmp_path: Path
@@ -50,11 +63,11 @@ def test_two_processes_train_into_one_run_killed_and_resumed(
             assert first.poll() is None, (tmp_path / "train.err").read_text()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint in time"
             time.sleep(0.2)
-        os.killpg(first.pid, signal.SIGKILL)  # torchrun and both ranks, mid-epoch 2
+        _kill_tree(first.pid)  # torchrun and both ranks, mid-epoch 2
         first.wait(timeout=60)
     finally:
         if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
+            _kill_tree(first.pid)
 
     resumed = _train(tmp_path, uri, "--data", str(tiny_dataset), "--resume", "ddp")
     out, _ = resumed.communicate(timeout=900)
