@@ -92,7 +92,8 @@ def shared_server() -> Iterator[SharedServer]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _login(patch: pytest.MonkeyPatch, user: str, password: str) -> None:
+def _login(patch: pytest.MonkeyPatch, user: str, password: str, url: str) -> None:
+    patch.setenv("MLFLOW_TRACKING_URI", url)
     patch.setenv("MLFLOW_TRACKING_USERNAME", user)
     patch.setenv("MLFLOW_TRACKING_PASSWORD", password)
 
@@ -144,14 +145,14 @@ def test_training_survives_a_restart_and_a_reader_cannot_promote(
 
     passwords = {"trainer": secrets.token_urlsafe(16), "reader": secrets.token_urlsafe(16)}
     with pytest.MonkeyPatch.context() as patch:
-        _login(patch, "admin", shared_server.admin_password)
+        _login(patch, "admin", shared_server.admin_password, shared_server.url)
         users = get_app_client("basic-auth", tracking_uri=shared_server.url)
         for user, password in passwords.items():
             users.create_user(user, password)
     training = _start_training(shared_server.url, tiny_dataset, tmp_path, passwords["trainer"])
     try:
         with pytest.MonkeyPatch.context() as patch:
-            _login(patch, "admin", shared_server.admin_password)
+            _login(patch, "admin", shared_server.admin_password, shared_server.url)
             _wait_for_run(MlflowClient(shared_server.url), training)
         shared_server.kill()  # the server dies for real while the run is open
         _wait_for(lambda: "training goes on" in (tmp_path / "train.err").read_text(), training)
@@ -171,7 +172,7 @@ def test_training_survives_a_restart_and_a_reader_cannot_promote(
     assert "model: models:/scanml-shared/1" in out, out
 
     with pytest.MonkeyPatch.context() as patch:
-        _login(patch, "trainer", passwords["trainer"])
+        _login(patch, "trainer", passwords["trainer"], shared_server.url)
         client = MlflowClient(shared_server.url)
         run_id = out.split("run id: ", 1)[1].split()[0]
         run = client.get_run(run_id)
@@ -180,7 +181,9 @@ def test_training_survives_a_restart_and_a_reader_cannot_promote(
         assert "best/auroc" in run.data.metrics
         assert client.get_registered_model("scanml-shared").name == "scanml-shared"
 
-        _login(patch, "reader", passwords["reader"])  # READ by default: may look, not promote
+        _login(
+            patch, "reader", passwords["reader"], shared_server.url
+        )  # READ by default: may look, not promote
         assert client.get_model_version("scanml-shared", "1").run_id == run_id
         assert main(["promote", "1", "--name", "scanml-shared"]) == 2
         refused = capsys.readouterr().err.strip().splitlines()
@@ -188,7 +191,7 @@ def test_training_survives_a_restart_and_a_reader_cannot_promote(
         with pytest.raises(MlflowException):
             client.get_model_version_by_alias("scanml-shared", "champion")
 
-        _login(patch, "trainer", passwords["trainer"])  # the model's creator may
+        _login(patch, "trainer", passwords["trainer"], shared_server.url)  # the model's creator may
         assert main(["promote", "1", "--name", "scanml-shared"]) == 0
         assert client.get_model_version_by_alias("scanml-shared", "champion").version == "1"
 
