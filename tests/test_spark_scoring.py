@@ -26,7 +26,7 @@ pyspark = pytest.importorskip("pyspark")
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)  # a smoke training (the shared fixture), two Spark sessions
 def test_spark_job_killed_and_rerun_scores_each_scan_once_like_scanml_score(
     trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -34,10 +34,20 @@ def test_spark_job_killed_and_rerun_scores_each_scan_once_like_scanml_score(
     from scanml.spark import score_with_spark, spark_session
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_model.tracking_uri)
-    manifest = trained_model.data_dir / "manifest.csv"
-    n_scans = len(pd.read_csv(manifest))
+    # Eight scans (four Spark tasks of two, two waves on local[2]): enough to kill between waves.
+    manifest = pd.read_csv(trained_model.data_dir / "manifest.csv").head(8)
+    n_scans = len(manifest)
+    inputs = tmp_path / "manifest.csv"
+    manifest.assign(path=[str(trained_model.data_dir / p) for p in manifest["path"]]).to_csv(
+        inputs, index=False
+    )
     local = score(
-        trained_model.model_uri, manifest, tmp_path / "local.parquet", workers=0, progress=False
+        trained_model.model_uri,
+        inputs,
+        tmp_path / "local.parquet",
+        workers=0,
+        progress=False,
+        allow_outside=True,
     )
     assert local.scanned + local.failed == n_scans
 
@@ -58,7 +68,8 @@ def test_spark_job_killed_and_rerun_scores_each_scan_once_like_scanml_score(
             "--model",
             trained_model.model_uri,
             "--input",
-            str(manifest),
+            str(inputs),
+            "--allow-outside",
             "--out",
             str(out),
         ],
@@ -86,7 +97,13 @@ def test_spark_job_killed_and_rerun_scores_each_scan_once_like_scanml_score(
     spark = spark_session("local[2]")
     try:
         rerun = score_with_spark(
-            trained_model.model_uri, manifest, out, spark=spark, batch_size=4, progress=False
+            trained_model.model_uri,
+            inputs,
+            out,
+            allow_outside=True,
+            spark=spark,
+            batch_size=4,
+            progress=False,
         )
     finally:
         spark.stop()
