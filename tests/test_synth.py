@@ -307,3 +307,31 @@ def test_threat_strength_outside_zero_one_is_refused_in_one_line(tmp_path: Path)
     assert result.returncode == 2
     assert "--threat-strength" in result.stderr and "0 < LOW <= HIGH <= 1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_scene_variety_adds_cars_and_leaves_default_scenes_alone() -> None:
+    from scanml.synth.simulate import _draw_scene
+
+    site = SCANNER_PROFILES["antwerp"]
+
+    def kinds(variety: bool) -> set[str]:
+        return {
+            _draw_scene(
+                np.random.default_rng(seed), site, None, None, False, None, None, None, variety
+            ).cargo_type
+            for seed in range(300)
+        }
+
+    assert "vehicles" in kinds(True)
+    assert "vehicles" not in kinds(False)
+    scan, annotations = simulate_scan(
+        3, "antwerp", cargo_type="vehicles", anomalous=False, length="40ft", scene_variety=True
+    )
+    assert annotations == []
+    empty, _ = simulate_scan(
+        3, "antwerp", cargo_type="empty", anomalous=False, length="40ft", scene_variety=True
+    )
+    # Same vehicle and container (drawn before the cargo): the cars add engine
+    # blocks, wheels and floor pans, many times the empty container's steel.
+    added = scan.attenuation[0] - empty.attenuation[0]
+    assert float((added > 2.0).sum()) > 200

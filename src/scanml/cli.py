@@ -170,6 +170,11 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
         "[LOW, HIGH] (0 < LOW <= HIGH <= 1; default 1,1: as drawn), so that threats range "
         "from obvious to barely visible",
     )
+    p.add_argument(
+        "--scene-variety",
+        action="store_true",
+        help="more cargo kinds (cars) and a floor build drawn per container",
+    )
     p.set_defaults(func=_run_synth)
 
 
@@ -205,6 +210,7 @@ def _run_synth(args: argparse.Namespace) -> int:
             skip_existing=args.skip_existing,
             vary_acquisition=args.vary_acquisition,
             threat_strength=args.threat_strength,
+            scene_variety=args.scene_variety,
         )
     except ValueError as exc:  # an unknown site or length: the message lists the known ones
         raise UserFacingError(str(exc)) from None

@@ -29,7 +29,16 @@ from scanml.synth.shapes import (
     upright_cylinders,
 )
 
-__all__ = ["CARGO_TYPES", "GOODS", "CargoLoad", "CargoSlot", "Good", "load_cargo"]
+__all__ = [
+    "CARGO_TYPES",
+    "CARGO_WEIGHTS",
+    "GOODS",
+    "VARIED_CARGO_WEIGHTS",
+    "CargoLoad",
+    "CargoSlot",
+    "Good",
+    "load_cargo",
+]
 
 CARGO_TYPES = (
     "empty",
@@ -40,9 +49,14 @@ CARGO_TYPES = (
     "tyres",
     "textile_rolls",
     "mixed",
+    "vehicles",
 )
-# How often each load turns up at a port (roughly: general cargo dominates).
+# How often each load turns up at a port (roughly: general cargo dominates),
+# over the first eight kinds: the scenes every dataset has drawn so far.
 CARGO_WEIGHTS = (0.07, 0.33, 0.1, 0.1, 0.1, 0.07, 0.07, 0.16)
+# With scene variety, over every kind: used cars are a large share of the
+# exports from Antwerp and Rotterdam.
+VARIED_CARGO_WEIGHTS = (0.06, 0.3, 0.09, 0.09, 0.09, 0.07, 0.07, 0.15, 0.08)
 
 STEEL = MATERIALS["steel"]
 WOOD = MATERIALS["wood"]
@@ -52,6 +66,7 @@ GLASS = MATERIALS["glass"]
 WATER = MATERIALS["water"]
 COPPER = MATERIALS["copper"]
 ALUMINIUM = MATERIALS["aluminium"]
+FOAM = MATERIALS["foam"]
 RUBBER = MATERIALS["rubber"]
 TEXTILE = MATERIALS["textile"]
 
@@ -836,7 +851,109 @@ def _loose_cartons(canvas: Canvas, bay: _Bay, load: CargoLoad, rng: np.random.Ge
         x += width + rng.uniform(0.0, 5.0)
 
 
+def _vehicles(canvas: Canvas, bay: _Bay, load: CargoLoad, rng: np.random.Generator) -> None:
+    """Used cars driven in nose to tail, some on a second tier above another car.
+
+    A car is mostly air in a thin steel shell: the roof, floor pan and sills
+    run along the ray and show as dark lines, the side panels are crossed
+    twice and are faint, while the engine and gearbox, the four wheels and
+    the axles are among the densest things in a container. Nothing is
+    hostable: cars are a scene a detector must learn to leave alone.
+    """
+    x = bay.x0 + rng.uniform(5.0, 30.0)
+    while x < bay.x1 - 330.0:
+        length = rng.uniform(360.0, 480.0)
+        if x + length > bay.x1:
+            break
+        _car(canvas, x, x + length, bay.y0, bay.depth, rng)
+        height = 140.0 + rng.uniform(0.0, 30.0)
+        if rng.random() < 0.3 and bay.y1 - bay.y0 > 2 * height + 20.0:
+            # A rack: a second car tilted nose-down above the first, on steel beams.
+            member_across_ray(
+                canvas,
+                STEEL,
+                x,
+                x + length,
+                bay.y0 + height,
+                bay.y0 + height + 12.0,
+                depth=bay.depth,
+                wall=0.6,
+                axis="x",
+                count=2,
+            )
+            _car(canvas, x + 10.0, x + length - 10.0, bay.y0 + height + 12.0, bay.depth, rng)
+            height = 2 * height + 12.0
+        load.blocks.append((x, x + length, bay.y0 + height))
+        x += length + rng.uniform(10.0, 60.0)
+
+
+def _car(
+    canvas: Canvas, x0: float, x1: float, y0: float, depth: float, rng: np.random.Generator
+) -> None:
+    """One car seen from the side, nose towards ``x0`` or ``x1`` at random."""
+    length = x1 - x0
+    nose_left = rng.random() < 0.5
+    wheel_r = rng.uniform(29.0, 35.0)
+    overhang = rng.uniform(0.17, 0.22) * length
+    wheels = (x0 + overhang, x1 - overhang) if nose_left else (x1 - overhang, x0 + overhang)
+    width = min(depth - 20.0, rng.uniform(165.0, 190.0))
+    sill = y0 + wheel_r - rng.uniform(8.0, 14.0)
+    roof = y0 + rng.uniform(135.0, 165.0)
+    belt = sill + rng.uniform(45.0, 60.0)
+    # Floor pan and sills along the ray; side panels crossed twice.
+    canvas.box(STEEL, x0 + 0.1 * length, x1 - 0.1 * length, sill, sill + 0.8, width)
+    canvas.box(STEEL, x0, x1, sill, belt, 2 * 0.09, texture=(0.0, 0.1))
+    # The cabin: roof and pillars, glass above the belt line.
+    cabin = (x0 + 0.28 * length, x1 - 0.25 * length)
+    canvas.box(STEEL, cabin[0], cabin[1], roof - 0.8, roof, width * 0.9)
+    canvas.box(GLASS, cabin[0], cabin[1], belt, roof - 0.8, 2 * 0.4)
+    for px in (cabin[0], 0.5 * (cabin[0] + cabin[1]), cabin[1]):
+        canvas.box(STEEL, px - 4.0, px + 4.0, belt, roof, 2 * 1.5)
+    # Seats: foam over spring frames, in the cabin above the floor.
+    for sx in np.linspace(cabin[0] + 20.0, cabin[1] - 60.0, 2):
+        canvas.box(FOAM, sx, sx + 50.0, sill + 5.0, sill + 55.0, width * 0.8, density=0.05)
+        canvas.box(STEEL, sx, sx + 50.0, sill + 5.0, sill + 12.0, 3.0)
+    # Engine block and gearbox over the front axle: cast iron and aluminium.
+    front = wheels[0]
+    block_w = rng.uniform(45.0, 65.0)
+    bx = front - 0.5 * block_w + (10.0 if nose_left else -10.0)
+    by = sill + rng.uniform(5.0, 15.0)
+    metal = STEEL if rng.random() < 0.6 else ALUMINIUM
+    canvas.box(
+        metal,
+        bx,
+        bx + block_w,
+        by,
+        by + rng.uniform(45.0, 60.0),
+        rng.uniform(35.0, 55.0),
+        texture=(0.05, 0.2),
+    )
+    gx = bx + block_w if nose_left else bx - 35.0
+    canvas.box(ALUMINIUM, gx, gx + 35.0, by, by + 30.0, 30.0, texture=(0.05, 0.2))
+    # A fuel tank under the rear seat and an exhaust along the floor.
+    canvas.box(PLASTIC, wheels[1] - 70.0, wheels[1] - 20.0, sill - 2.0, sill + 18.0, 60.0)
+    cylinder_along_x(
+        canvas, STEEL, x0 + 0.2 * length, x1 - 0.2 * length, sill - 4.0, 2.5, count=0.1
+    )
+    # Wheels with their axles, which the ray crosses from one side to the other.
+    for wx in wheels:
+        tyre(
+            canvas,
+            wx,
+            y0 + wheel_r,
+            radius=wheel_r,
+            rim_radius=wheel_r * 0.62,
+            width=rng.uniform(18.0, 24.0),
+            count=2,
+            wheel=False,
+        )
+        canvas.disc(STEEL, wx, y0 + wheel_r, wheel_r * 0.6, 2 * 1.5, r_in=wheel_r * 0.5)
+        canvas.disc(STEEL, wx, y0 + wheel_r, wheel_r * 0.45, 2 * 3.0, r_in=wheel_r * 0.2)
+        canvas.disc(STEEL, wx, y0 + wheel_r, 3.5, width)
+
+
 _LOADERS: dict[str, Callable[[Canvas, _Bay, CargoLoad, np.random.Generator], None]] = {
+    "vehicles": _vehicles,
     "palletised": _palletised,
     "bulk": _bulk,
     "machinery": _machinery,

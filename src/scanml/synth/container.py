@@ -49,6 +49,7 @@ class ContainerSpec:
 
     size: ContainerSize
     reefer: bool
+    varied_floor: bool = False  # draw the floor's build (see _floor); off: one standard floor
 
     @property
     def length_cm(self) -> float:
@@ -221,8 +222,84 @@ def _floor(
     y_bottom: float,
     rng: np.random.Generator,
 ) -> None:
-    """Plywood floor seen along its plane, bottom rails, and the cross-member ticks beneath."""
+    """Plywood floor seen along its plane, bottom rails, and the cross-member ticks beneath.
+
+    Floors differ between builders and ages (plywood 24-40 mm, hardwood or
+    bamboo composites, repairs, a protective layer of board or plastic over
+    part of it; rails and cross-members of different gauges), so that the
+    floor's darkness alone says nothing: a floor-cavity concealment shows as
+    a local change along it, not as a darker floor than one builder's.
+    """
     floor_wood = 0.0 if spec.reefer else INNER_WIDTH_CM
+    if not spec.varied_floor:
+        _standard_floor(canvas, spec, floor_wood, x_front, x_rear, y_bottom, rng)
+        return
+    thickness = rng.uniform(2.4, 4.0)
+    canvas.box(
+        WOOD,
+        x_front + 10.0,
+        x_rear - 10.0,
+        y_bottom + 18.0 - thickness,
+        y_bottom + 18.0,
+        floor_wood,
+        density=rng.uniform(0.6, 0.95),
+    )
+    if floor_wood and rng.random() < 0.25:
+        # A protective layer (board, plastic sheet, dunnage mats) over a stretch of the floor.
+        x0 = rng.uniform(x_front + 10.0, x_rear - 150.0)
+        x1 = min(x_rear - 10.0, x0 + rng.uniform(100.0, x_rear - x_front))
+        material = MATERIALS["cardboard"] if rng.random() < 0.6 else MATERIALS["plastic"]
+        canvas.box(
+            material,
+            x0,
+            x1,
+            y_bottom + 18.0,
+            y_bottom + 18.0 + rng.uniform(0.3, 2.0),
+            INNER_WIDTH_CM * rng.uniform(0.5, 1.0),
+        )
+    # Bottom side rails: 160 mm channels along the vehicle on both sides.
+    member_across_ray(
+        canvas,
+        STEEL,
+        x_front,
+        x_rear,
+        y_bottom + 1.0,
+        y_bottom + 16.0,
+        depth=2 * 4.5,
+        wall=rng.uniform(0.4, 0.6),
+        axis="x",
+    )
+    pitch = rng.uniform(25.0, 36.0)
+    start = x_front + 15.0 + rng.uniform(0.0, pitch)
+    wall = rng.uniform(0.3, 0.6)
+    depth_cm = rng.uniform(9.0, 12.2)
+    for xc in np.arange(start, x_rear - 20.0, pitch):
+        member_along_ray(
+            canvas,
+            STEEL,
+            xc,
+            xc + 4.5,
+            y_bottom + 15.2 - depth_cm,
+            y_bottom + 15.2,
+            length=INNER_WIDTH_CM,
+            wall=wall,
+            sides="tbl",
+        )
+    if spec.size != "20ft":
+        # The gooseneck tunnel at the front of a 40 ft: a raised steel plate between the rails.
+        canvas.box(STEEL, x_front + 10.0, x_front + 330.0, y_bottom + 12.0, y_bottom + 12.6, 100.0)
+
+
+def _standard_floor(
+    canvas: Canvas,
+    spec: ContainerSpec,
+    floor_wood: float,
+    x_front: float,
+    x_rear: float,
+    y_bottom: float,
+    rng: np.random.Generator,
+) -> None:
+    """One builder's floor: 28 mm plywood, 4.5 mm rails, 4 mm cross-members (every dataset so far)."""
     canvas.box(
         WOOD,
         x_front + 10.0,
@@ -232,7 +309,6 @@ def _floor(
         floor_wood,
         density=0.72,
     )
-    # Bottom side rails: 160 mm channels along the vehicle on both sides.
     member_across_ray(
         canvas,
         STEEL,
@@ -259,7 +335,6 @@ def _floor(
             sides="tbl",
         )
     if spec.size != "20ft":
-        # The gooseneck tunnel at the front of a 40 ft: a raised steel plate between the rails.
         canvas.box(STEEL, x_front + 10.0, x_front + 330.0, y_bottom + 12.0, y_bottom + 12.6, 100.0)
 
 

@@ -101,6 +101,7 @@ class _Job:
     path: str  # relative to out_dir
     vary_acquisition: bool = False
     threat_strength: tuple[float, float] = (1.0, 1.0)
+    scene_variety: bool = False
 
     @property
     def fingerprint(self) -> str:
@@ -118,6 +119,8 @@ class _Job:
             fields += ("vary_acquisition",)
         if self.threat_strength != (1.0, 1.0):
             fields += (("threat_strength", *self.threat_strength),)
+        if self.scene_variety:
+            fields += ("scene_variety",)
         return hashlib.sha256(repr(fields).encode()).hexdigest()[:16]
 
 
@@ -136,6 +139,7 @@ def generate_dataset(
     progress: bool = True,
     vary_acquisition: bool = False,
     threat_strength: tuple[float, float] = (1.0, 1.0),
+    scene_variety: bool = False,
 ) -> SynthSummary:
     """Simulate ``n_scans`` scans into ``out_dir`` with a manifest and COCO annotations.
 
@@ -152,6 +156,8 @@ def generate_dataset(
     ``threat_strength`` ``(low, high)`` thins each concealment along the ray
     by a factor drawn log-uniformly in that range (never below a visible
     contrast), so that threats range from obvious to barely visible.
+    ``scene_variety`` adds cargo kinds (cars) and draws each container's
+    floor build, so that neither alone marks a concealment.
     """
     started = time.perf_counter()
     jobs = _plan(
@@ -163,7 +169,13 @@ def generate_dataset(
             f"threat_strength must satisfy 0 < low <= high <= 1, got {threat_strength}"
         )
     jobs = [
-        replace(job, vary_acquisition=vary_acquisition, threat_strength=(low, high)) for job in jobs
+        replace(
+            job,
+            vary_acquisition=vary_acquisition,
+            threat_strength=(low, high),
+            scene_variety=scene_variety,
+        )
+        for job in jobs
     ]
     out = Path(out_dir)
     (out / "scans").mkdir(parents=True, exist_ok=True)
@@ -295,6 +307,7 @@ def _make_scan(job: _Job) -> dict[str, Any]:
             scan_id=job.scan_id,
             vary_acquisition=job.vary_acquisition,
             threat_strength=job.threat_strength,
+            scene_variety=job.scene_variety,
         )
         if bool(annotations) == bool(job.label):
             break

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from scanml.io import Scan
-from scanml.synth.cargo import CARGO_TYPES, CARGO_WEIGHTS, load_cargo
+from scanml.synth.cargo import CARGO_TYPES, CARGO_WEIGHTS, VARIED_CARGO_WEIGHTS, load_cargo
 from scanml.synth.concealment import Annotation, conceal
 from scanml.synth.container import ContainerSize, ContainerSpec, render_container
 from scanml.synth.detector import measure, saturation_level
@@ -54,6 +54,7 @@ def simulate_scan(
     scan_id: str | None = None,
     vary_acquisition: bool = False,
     threat_strength: tuple[float, float] = (1.0, 1.0),
+    scene_variety: bool = False,
 ) -> tuple[Scan, list[Annotation]]:
     """Simulate one side-view transmission scan and the boxes of its concealments.
 
@@ -67,13 +68,17 @@ def simulate_scan(
     this scan's acquisition chain around the profile's (``varied_profile``).
     ``threat_strength`` thins each concealment along the ray by a factor
     drawn log-uniformly in that range (see :func:`~scanml.synth.concealment.conceal`).
+    ``scene_variety`` adds cargo kinds (cars) and draws the floor's build
+    (thickness, wood, cross-member gauge, a protective layer) per container.
     """
     rng = np.random.default_rng(rng_or_seed)
     if isinstance(profile, str):
         profile = SCANNER_PROFILES[profile]
     if vary_acquisition:
         profile = varied_profile(profile, rng)
-    scene = _draw_scene(rng, profile, length, container, reefer, cargo_type, anomalous, conveyance)
+    scene = _draw_scene(
+        rng, profile, length, container, reefer, cargo_type, anomalous, conveyance, scene_variety
+    )
     channels, i0 = _channels(profile, energy, rng)
 
     layout = plan_vehicle(rng, scene.container, scene.conveyance, profile.scans_cab)
@@ -130,6 +135,7 @@ def _draw_scene(
     cargo_type: str | None,
     anomalous: bool | None,
     conveyance: Conveyance | None,
+    variety: bool = False,
 ) -> SceneSpec:
     """Draw the scene's discrete choices; the given ones are kept."""
     if size is None:
@@ -139,14 +145,17 @@ def _draw_scene(
     if reefer is None:
         reefer = bool(rng.random() < _REEFER_SHARE[size])
     if cargo_type is None:
-        cargo_type = str(rng.choice(CARGO_TYPES, p=CARGO_WEIGHTS))
+        weights = VARIED_CARGO_WEIGHTS if variety else CARGO_WEIGHTS
+        cargo_type = str(rng.choice(CARGO_TYPES[: len(weights)], p=weights))
         if reefer and cargo_type != "empty":
             cargo_type = "palletised"
     if conveyance is None:
         conveyance = "rail" if rng.random() < profile.rail_fraction else "truck"
     if anomalous is None:
         anomalous = bool(rng.random() < 0.5)
-    return SceneSpec(ContainerSpec(size, reefer), conveyance, cargo_type, anomalous)
+    return SceneSpec(
+        ContainerSpec(size, reefer, varied_floor=variety), conveyance, cargo_type, anomalous
+    )
 
 
 def _channels(
