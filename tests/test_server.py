@@ -205,8 +205,9 @@ def _start_training(url: str, data: Path, workdir: Path, password: str) -> subpr
         "tracking.experiment=shared",
         "tracking.registered_model=scanml-shared",
         "tracking.run_name=through-restart",
-        "tracking.max_retries=0",
-        "tracking.timeout_s=30",
+        # a refused connection fails at once; a loaded server gets two minutes a call
+        "tracking.max_retries=1",
+        "tracking.timeout_s=120",
         "tracking.retry_after_s=1",
         # the smoke preset, lighter still: what is tested is the server, not the training
         "train.hard_negative_every=0",
