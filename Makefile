@@ -21,7 +21,7 @@ CONFIG ?= configs/default.yaml
 MODEL ?= models:/scanml-anomaly@champion
 UI_PORT ?= 5000
 
-.PHONY: help install data demo train score evaluate test test-fast lint format ui bench bench-quality clean
+.PHONY: help install data demo train score evaluate test test-fast lint format ui server bench bench-quality clean
 
 ## Show this help
 help:
@@ -78,6 +78,13 @@ format: $(STAMP)
 ## Serve the MLflow UI on http://127.0.0.1:$(UI_PORT)
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port $(UI_PORT)
+
+SERVER_DB ?= postgresql://mlflow@127.0.0.1:5432/mlflow
+SERVER_PORT ?= 5000
+
+## Shared tracking server on http://127.0.0.1:$(SERVER_PORT): MLflow on PostgreSQL (SERVER_DB) with logins; needs MLFLOW_AUTH_ADMIN_PASSWORD
+server: $(STAMP)
+	$(SCANML) server --backend-store-uri $(SERVER_DB) --port $(SERVER_PORT) --artifacts mlartifacts
 
 ## Run the benchmarks; results go to reports/ and MLflow
 bench: $(STAMP)

@@ -22,6 +22,7 @@ from scanml import (
     cli_bench,
     cli_data,
     cli_exchange,
+    cli_scale,
     cli_score,
     cli_train,
     cli_watch,
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         cli_bench.add_bench,
         cli_exchange.add_exchange,
         cli_watch.add_watch,
+        cli_scale.add_server,
     ):
         add(commands)
     return parser

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scanml import cli_watch
+from scanml import cli_scale, cli_watch
 from scanml.cli_args import (
     add_runtime_options,
     add_scan_job_options,
@@ -42,6 +42,7 @@ def add_score(commands: argparse._SubParsersAction) -> None:
         "--retry-failed", action="store_true", help="score again the files of error rows"
     )
     add_store_options(p)
+    cli_scale.add_engine_options(p)
     p.set_defaults(func=_run_score)
 
 
@@ -66,6 +67,8 @@ def _run_score(args: argparse.Namespace) -> int:
     from scanml.registry import resolve_model as name_what_exists
 
     name_what_exists(args.model)  # the server answers: a wrong URI names the models that exist
+    if args.engine == "spark":
+        return cli_scale.run_score_with_spark(args)
     from scanml.scoring import ScoringError, TableLockedError, score
 
     try:

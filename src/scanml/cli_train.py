@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scanml import cli_scale
 from scanml.cli_args import subcommand
 from scanml.cli_checks import (
     MODEL_HELP,
@@ -51,12 +52,15 @@ def add_train(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="continue a killed run: its MLflow run id or its folder under runs/",
     )
+    cli_scale.add_nproc_option(p)
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     config = None if args.resume else load_config(args.config, args.overrides)
     check_dataset(args.data, "--data")
+    if args.nproc:  # the same command under torchrun, N processes (scanml.distributed)
+        return cli_scale.run_train_processes(args)
     from scanml.train import train  # torch and friends: only once the arguments are sound
 
     try:

@@ -265,6 +265,8 @@ class TrackingConfig(_Section):
 
     max_retries: int = Field(default=2, ge=0, le=20)
     timeout_s: float = Field(default=10.0, gt=0.0, le=3600.0)
+    # after a failed call, how long to keep metrics before trying the server again
+    retry_after_s: float = Field(default=30.0, ge=0.0, le=3600.0)
 
 
 class Config(_Section):

@@ -143,7 +143,15 @@ def promote(
         previous = str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         previous = None
-    client.set_registered_model_alias(name, alias, version.version)
+    try:
+        client.set_registered_model_alias(name, alias, version.version)
+    except MlflowException as exc:  # a shared server refuses a user without EDIT on the model
+        if exc.error_code != "PERMISSION_DENIED":
+            raise
+        raise RegistryLookupError(
+            f"{name} version {version.version}: {tracking_uri} refuses to move alias {alias!r} "
+            "(permission denied: promoting needs EDIT on the registered model)"
+        ) from None
     return PromotionChange(name, alias, str(version.version), previous, version.run_id)
 
 

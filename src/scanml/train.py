@@ -17,6 +17,7 @@ and ends with the same weights as an uninterrupted run. The loss lives in
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from scanml import distributed
 from scanml.checkpoints import (
     TrainingState,
     load_checkpoint,
@@ -104,12 +106,15 @@ def train(
     ``resume`` names a run to continue (its MLflow run id, its folder under
     ``train.runs_dir``, or a ``last.pt``); its saved configuration is used.
     """
-    run_dir, checkpoint = open_run(config, resume, overrides)
+    # Under torchrun: rank 0 opens the run folder, every rank learns it (scanml.distributed).
+    world = distributed.setup(resolve_device(config.train.device if config else "auto"))
+    run_dir, checkpoint = world.from_main(lambda: open_run(config, resume, overrides))
     config = config_from_json(checkpoint["config"]) if checkpoint else config
     assert config is not None
-    if checkpoint is None:
+    if checkpoint is None and world.is_main:
         config.save(run_dir / "config.yaml")
-    device = resolve_device(config.train.device)
+    device = world.device(resolve_device(config.train.device))
+    progress = progress and world.is_main
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     _seed_everything(config.seed)
@@ -147,6 +152,8 @@ def train(
         categories=config.model.categories,
         cache_bytes=config.data.cache_bytes,
         seed=config.seed,
+        rank=world.rank,
+        world_size=world.world_size,
     )
     loader = DataLoader(
         tiles,
@@ -178,7 +185,8 @@ def train(
     optimizer = torch.optim.AdamW(
         _parameter_groups(network, config.train.weight_decay), lr=config.train.lr
     )
-    steps_per_epoch = epoch_steps(len(train_set), config)
+    # each rank steps through its own share of the scans
+    steps_per_epoch = epoch_steps(math.ceil(len(train_set) / world.world_size), config)
     schedule = WarmupCosine(
         round(config.train.warmup_epochs * steps_per_epoch), config.train.epochs * steps_per_epoch
     )
@@ -199,19 +207,22 @@ def train(
         log.info("resuming %s after epoch %d", run_dir.name, state.epoch)
 
     # -- tracking -----------------------------------------------------------------------
-    tracker = Tracker(
+    tracker = (Tracker if world.is_main else distributed.SilentTracker)(
         resolve_tracking_uri(config.tracking.tracking_uri),
         config.tracking.experiment,
         max_retries=config.tracking.max_retries,
         timeout_s=config.tracking.timeout_s,
+        retry_after_s=config.tracking.retry_after_s,
     )
-    state.mlflow_run_id = (
-        tracker.start(
-            run_id=state.mlflow_run_id,
-            run_name=config.tracking.run_name or run_dir.name,
-            tags=run_tags({"scanml.run_dir": str(run_dir.resolve())}),
+    state.mlflow_run_id = world.from_main(  # one MLflow run, logged by rank 0 alone
+        lambda: (
+            tracker.start(
+                run_id=state.mlflow_run_id,
+                run_name=config.tracking.run_name or run_dir.name,
+                tags=run_tags({"scanml.run_dir": str(run_dir.resolve())}),
+            )
+            or state.mlflow_run_id
         )
-        or state.mlflow_run_id
     )
     if config.tracking.system_metrics:
         tracker.start_system_metrics()
@@ -223,12 +234,15 @@ def train(
                 "data.digest": dataset.digest,
                 "data.n_train": len(train_set),
                 "data.n_val": len(val_set),
+                "distributed.world_size": world.world_size,
             }
         )
         tracker.log_dataset(train_set, name=Path(data_dir).name, context="training")
         tracker.log_dataset(val_set, name=Path(data_dir).name, context="validation")
         tracker.log_artifact(run_dir / "config.yaml")
-    save_run_info(run_dir, state.mlflow_run_id)
+    if world.is_main:
+        save_run_info(run_dir, state.mlflow_run_id)
+    trainable = world.wrap(network, device)  # DistributedDataParallel under torchrun
     say(
         start_banner(
             run_name=config.tracking.run_name or run_dir.name,
@@ -256,18 +270,19 @@ def train(
                 break
             epoch_started = time.monotonic()
             tiles.set_epoch(epoch)
-            epoch_stats = train_one_epoch(
-                network,
-                criterion,
-                optimizer,
-                scheduler,
-                scaler,
-                loader,
-                device=device,
-                epoch=epoch,
-                config=config,
-                progress=progress,
-            )
+            with world.join(trainable):
+                epoch_stats = train_one_epoch(
+                    trainable,
+                    criterion,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    loader,
+                    device=device,
+                    epoch=epoch,
+                    config=config,
+                    progress=progress,
+                )
             tracker.log_metrics(
                 {f"train/{key}": value for key, value in epoch_stats.items()}, step=epoch
             )
@@ -277,8 +292,14 @@ def train(
                 bundle = _bundle(
                     network, config, preprocessing, threshold=0.5, run_id=state.mlflow_run_id
                 )
-                metrics, _ = validate(
-                    bundle, val_records, device=device, config=config, progress=progress
+                metrics, _ = distributed.validate_across(
+                    world,
+                    validate,
+                    bundle,
+                    val_records,
+                    device=device,
+                    config=config,
+                    progress=progress,
                 )
                 tracker.log_metrics(
                     {f"val/{k}": v for k, v in metrics.to_flat_dict().items()}, step=epoch
@@ -292,9 +313,10 @@ def train(
                 improved = state.improves(value, config.train.monitor_mode)
                 if improved:
                     state.best_metric, state.best_epoch, state.stale_epochs = value, epoch, 0
-                    save_checkpoint(
-                        run_dir / "best.pt", network, optimizer, scheduler, state, config, epoch
-                    )
+                    if world.is_main:
+                        save_checkpoint(
+                            run_dir / "best.pt", network, optimizer, scheduler, state, config, epoch
+                        )
                 else:
                     state.stale_epochs += 1
                 flat = metrics.to_flat_dict()
@@ -328,16 +350,20 @@ def train(
                     seed=config.seed + epoch,
                     device=device,
                     progress=progress,
+                    share=world.share,
                 )
+                mined = distributed.merge_across(world, mined)
                 # Scans not re-scored this round keep the locations found before.
                 state.hard_negatives = {**state.hard_negatives, **mined}
                 sampler.set_hard_negatives(state.hard_negatives)
 
             state.epoch = epoch
             state.elapsed_s += time.monotonic() - epoch_started
-            if budget_s is not None:
-                state.planned_epochs = plan_epochs(
-                    budget_s, state.elapsed_s, epoch, config.train.epochs
+            if budget_s is not None:  # rank 0's clock decides, so the ranks stop together
+                state.planned_epochs = world.from_main(
+                    functools.partial(
+                        plan_epochs, budget_s, state.elapsed_s, epoch, config.train.epochs
+                    )
                 )
                 schedule.total_steps = state.planned_epochs * steps_per_epoch
                 tracker.log_metrics(
@@ -347,15 +373,16 @@ def train(
                     },
                     step=epoch,
                 )
-            if config.train.keep_epoch_models:
+            if config.train.keep_epoch_models and world.is_main:
                 snapshot = _bundle(
                     network, config, preprocessing, threshold=0.5, run_id=state.mlflow_run_id
                 )
                 snapshot.metadata.update(epoch=epoch, elapsed_min=round(state.elapsed_s / 60, 3))
                 snapshot.save(run_dir / "epochs" / f"epoch-{epoch:03d}")
-            save_checkpoint(
-                run_dir / "last.pt", network, optimizer, scheduler, state, config, epoch
-            )
+            if world.is_main:
+                save_checkpoint(
+                    run_dir / "last.pt", network, optimizer, scheduler, state, config, epoch
+                )
             patience = config.train.early_stopping_patience
             if patience is not None and state.stale_epochs >= patience:
                 log.info(
@@ -365,6 +392,9 @@ def train(
                 )
                 break
 
+        if not world.is_main:  # rank 0 alone calibrates, saves and registers the model
+            status = "FINISHED"
+            return TrainResult(state.mlflow_run_id, None, run_dir, bundle_dir, state.best_epoch, {})
         result = _finish(
             run_dir,
             bundle_dir,
@@ -386,6 +416,7 @@ def train(
         raise
     finally:
         tracker.end(status=status)
+        world.close()
 
 
 # -- one epoch --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -82,6 +82,7 @@ def mine_hard_negatives(
     seed: int = 0,
     device: torch.device,
     progress: bool = True,
+    share: Callable[[list[ScanRecord]], list[ScanRecord]] = list,
 ) -> dict[str, list[tuple[int, int, float]]]:
     """The locations of clean training scans the current model scores highest.
 
@@ -96,6 +97,7 @@ def mine_hard_negatives(
     clean = [record for record in records.records if record.label == 0]
     if max_scans is not None and len(clean) > max_scans:
         clean = random.Random(seed).sample(clean, max_scans)
+    clean = share(clean)  # this process's share, when several train together
     for record in tqdm(
         clean, desc="mining hard negatives", unit="scan", disable=not progress, leave=False
     ):
