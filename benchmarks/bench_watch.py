@@ -262,6 +262,9 @@ def _simulated_scans(folder: Path, count: int) -> list[Path]:
         seed=0,
         sites=["antwerp", "rotterdam"],
         anomaly_fraction=0.5,
+        # One file per scan, as the single-energy default model reads them: a
+        # dual-energy scan is two files (x.dcm, x.low.dcm) and one report.
+        energy="single",
         workers=1,
         progress=False,
     )
