@@ -103,7 +103,12 @@ def test_sigkilled_three_times_while_scans_arrive_every_scan_is_scored_once(
     inbox.mkdir()
     # Scans keep arriving (renamed into place, as a transfer job does) while the service dies.
     garbage = _garbage(tmp_path / "garbage.dcm")
-    feeder = _Feeder(inbox, [*files, garbage], every_s=0.4)
+    # The last scan and the bad file arrive only after the last restart, so that
+    # the last run has work of its own to report on its status endpoint (on a
+    # fast machine the killed runs could otherwise have scored everything).
+    last = [p for p in files if p.name.replace(".low.", ".") == scans[-1].name]
+    early = [p for p in files if p not in last]
+    feeder = _Feeder(inbox, early, every_s=0.4)
     feeder.start()
     port = free_port()
     command = [*_watch_command(trained_model, inbox, out, port), "--tdr", str(reports)]
@@ -118,9 +123,13 @@ def test_sigkilled_three_times_while_scans_arrive_every_scan_is_scored_once(
             service.wait()
         service = _start(command, tmp_path / "watch.log")
         feeder.join()
-        assert feeder.delivered == [*files, garbage]
+        late = _Feeder(inbox, [*last, garbage], every_s=0.4)
+        late.start()
+        late.join()
+        assert feeder.delivered + late.delivered == [*early, *last, garbage]
         expected = {str(inbox / path.name) for path in [*scans, garbage]}
         _wait_for(lambda: {r.path for r in committed_rows(out)} >= expected, "every scan", service)
+        _wait_for(lambda: _status(port)["queue"] == 0, "the last run's status", service)
         status = _status(port)
         service.send_signal(signal.SIGTERM)
         assert service.wait(timeout=_TIMEOUT_S) == 0, _tail(tmp_path / "watch.log")
