@@ -214,6 +214,30 @@ def _reefer_machinery(
     return x0 + 4.0, x1 - 4.0, base + 48.0, y_top - 20.0
 
 
+@dataclass(frozen=True)
+class _FloorBuild:
+    """How one builder made a floor; heights in cm above the container's underside."""
+
+    plywood_bottom: float = 15.2  # 28 mm plywood up to the floor top at 18 cm
+    wood_density: float = 0.72
+    rail_wall: float = 0.45
+    member_bottom: float = 3.0  # cross-members from here up to 15.2 cm
+    member_wall: float = 0.4
+    max_pitch: float = 33.0
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> _FloorBuild:
+        """Plywood 24-40 mm of 0.6-0.95 g/cm3, rails and cross-members of other gauges."""
+        return cls(
+            plywood_bottom=18.0 - rng.uniform(2.4, 4.0),
+            wood_density=rng.uniform(0.6, 0.95),
+            rail_wall=rng.uniform(0.4, 0.6),
+            member_bottom=15.2 - rng.uniform(9.0, 12.2),
+            member_wall=rng.uniform(0.3, 0.6),
+            max_pitch=36.0,
+        )
+
+
 def _floor(
     canvas: Canvas,
     spec: ContainerSpec,
@@ -224,27 +248,25 @@ def _floor(
 ) -> None:
     """Plywood floor seen along its plane, bottom rails, and the cross-member ticks beneath.
 
-    Floors differ between builders and ages (plywood 24-40 mm, hardwood or
-    bamboo composites, repairs, a protective layer of board or plastic over
-    part of it; rails and cross-members of different gauges), so that the
+    Without ``spec.varied_floor`` one builder's floor (every dataset before
+    scene variety). With it, floors differ between builders and ages
+    (plywood thickness and wood, a protective layer of board or plastic over
+    part of it, rails and cross-members of different gauges), so that the
     floor's darkness alone says nothing: a floor-cavity concealment shows as
     a local change along it, not as a darker floor than one builder's.
     """
     floor_wood = 0.0 if spec.reefer else INNER_WIDTH_CM
-    if not spec.varied_floor:
-        _standard_floor(canvas, spec, floor_wood, x_front, x_rear, y_bottom, rng)
-        return
-    thickness = rng.uniform(2.4, 4.0)
+    build = _FloorBuild.draw(rng) if spec.varied_floor else _FloorBuild()
     canvas.box(
         WOOD,
         x_front + 10.0,
         x_rear - 10.0,
-        y_bottom + 18.0 - thickness,
+        y_bottom + build.plywood_bottom,
         y_bottom + 18.0,
         floor_wood,
-        density=rng.uniform(0.6, 0.95),
+        density=build.wood_density,
     )
-    if floor_wood and rng.random() < 0.25:
+    if spec.varied_floor and floor_wood and rng.random() < 0.25:
         # A protective layer (board, plastic sheet, dunnage mats) over a stretch of the floor.
         x0 = rng.uniform(x_front + 10.0, x_rear - 150.0)
         x1 = min(x_rear - 10.0, x0 + rng.uniform(100.0, x_rear - x_front))
@@ -266,75 +288,25 @@ def _floor(
         y_bottom + 1.0,
         y_bottom + 16.0,
         depth=2 * 4.5,
-        wall=rng.uniform(0.4, 0.6),
+        wall=build.rail_wall,
         axis="x",
     )
-    pitch = rng.uniform(25.0, 36.0)
+    pitch = rng.uniform(25.0, build.max_pitch)
     start = x_front + 15.0 + rng.uniform(0.0, pitch)
-    wall = rng.uniform(0.3, 0.6)
-    depth_cm = rng.uniform(9.0, 12.2)
     for xc in np.arange(start, x_rear - 20.0, pitch):
         member_along_ray(
             canvas,
             STEEL,
             xc,
             xc + 4.5,
-            y_bottom + 15.2 - depth_cm,
+            y_bottom + build.member_bottom,
             y_bottom + 15.2,
             length=INNER_WIDTH_CM,
-            wall=wall,
+            wall=build.member_wall,
             sides="tbl",
         )
     if spec.size != "20ft":
         # The gooseneck tunnel at the front of a 40 ft: a raised steel plate between the rails.
-        canvas.box(STEEL, x_front + 10.0, x_front + 330.0, y_bottom + 12.0, y_bottom + 12.6, 100.0)
-
-
-def _standard_floor(
-    canvas: Canvas,
-    spec: ContainerSpec,
-    floor_wood: float,
-    x_front: float,
-    x_rear: float,
-    y_bottom: float,
-    rng: np.random.Generator,
-) -> None:
-    """One builder's floor: 28 mm plywood, 4.5 mm rails, 4 mm cross-members (every dataset so far)."""
-    canvas.box(
-        WOOD,
-        x_front + 10.0,
-        x_rear - 10.0,
-        y_bottom + 15.2,
-        y_bottom + 18.0,
-        floor_wood,
-        density=0.72,
-    )
-    member_across_ray(
-        canvas,
-        STEEL,
-        x_front,
-        x_rear,
-        y_bottom + 1.0,
-        y_bottom + 16.0,
-        depth=2 * 4.5,
-        wall=0.45,
-        axis="x",
-    )
-    pitch = rng.uniform(25.0, 33.0)
-    start = x_front + 15.0 + rng.uniform(0.0, pitch)
-    for xc in np.arange(start, x_rear - 20.0, pitch):
-        member_along_ray(
-            canvas,
-            STEEL,
-            xc,
-            xc + 4.5,
-            y_bottom + 3.0,
-            y_bottom + 15.2,
-            length=INNER_WIDTH_CM,
-            wall=0.4,
-            sides="tbl",
-        )
-    if spec.size != "20ft":
         canvas.box(STEEL, x_front + 10.0, x_front + 330.0, y_bottom + 12.0, y_bottom + 12.6, 100.0)
 
 
