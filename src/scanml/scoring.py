@@ -150,6 +150,62 @@ class ScoreSummary:
         )
 
 
+@dataclass(frozen=True)
+class JobPlan:
+    """A scoring job's checked arguments: absolute outputs, input items, the resolved model."""
+
+    out: Path
+    overlays_dir: Path | None
+    tdr_dir: Path | None
+    items: list[InputItem]
+    model: ResolvedModel
+    duplicates: int  # inputs named twice, reported and scored once
+
+
+def plan_job(
+    model_uri: str,
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    overlays: str | os.PathLike[str] | None,
+    tdr: str | os.PathLike[str] | None,
+    batch_size: int,
+    threshold: float | None,
+    allow_outside: bool,
+    progress: bool,
+) -> JobPlan:
+    """What every scoring engine checks and resolves before it reads a scan.
+
+    Output folders inside the input never become input on a rerun. Raises
+    :class:`ScoringError` for any argument at fault.
+    """
+    out = Path(os.path.abspath(out))
+    if batch_size < 1:
+        raise ScoringError(f"batch_size must be at least 1, got {batch_size}")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ScoringError(f"--threshold {threshold}: not a finite number")
+    _check_writable(out.parent, what=f"--out {out}")
+    overlays_dir, tdr_dir = (
+        Path(os.path.abspath(d)) if d is not None else None for d in (overlays, tdr)
+    )
+    for folder, name in ((overlays_dir, "--overlays"), (tdr_dir, "--tdr")):
+        if folder is not None:
+            _warn_if_unwritable(folder, name, progress)
+    try:
+        resolved_inputs = resolve_job_inputs(inputs, allow_outside=allow_outside)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ScoringError(f"--input: {exc}") from None
+    _report_duplicates(resolved_inputs.duplicates, progress)
+    items = [
+        item
+        for item in resolved_inputs.items
+        if not any(d is not None and item.path.is_relative_to(d) for d in (overlays_dir, tdr_dir))
+    ]
+    return JobPlan(
+        out, overlays_dir, tdr_dir, items, _resolve(model_uri), len(resolved_inputs.duplicates)
+    )
+
+
 def score(
     model_uri: str,
     inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -190,32 +246,26 @@ def score(
     is read. Returns a summary, also printed when ``progress`` is on.
     """
     started = time.perf_counter()
-    out = Path(os.path.abspath(out))
-    if batch_size < 1:
-        raise ScoringError(f"batch_size must be at least 1, got {batch_size}")
-    if threshold is not None and not math.isfinite(threshold):
-        raise ScoringError(f"--threshold {threshold}: not a finite number")
-    _check_writable(out.parent, what=f"--out {out}")
-    overlays_dir, tdr_dir = (
-        Path(os.path.abspath(d)) if d is not None else None for d in (overlays, tdr)
-    )
-    for folder, name in ((overlays_dir, "--overlays"), (tdr_dir, "--tdr")):
-        if folder is not None:
-            _warn_if_unwritable(folder, name, progress)
     if workers is not None and workers < 0:
         raise ScoringError(f"--workers {workers}: must be 0 or more")
-    try:
-        resolved_inputs = resolve_job_inputs(inputs, allow_outside=allow_outside)
-    except (ValueError, FileNotFoundError) as exc:
-        raise ScoringError(f"--input: {exc}") from None
-    _report_duplicates(resolved_inputs.duplicates, progress)
-    # A folder of outputs inside the input folder must not become input on a rerun.
-    items = [
-        item
-        for item in resolved_inputs.items
-        if not any(d is not None and item.path.is_relative_to(d) for d in (overlays_dir, tdr_dir))
-    ]
-    model = _resolve(model_uri)
+    job = plan_job(
+        model_uri,
+        inputs,
+        out,
+        overlays=overlays,
+        tdr=tdr,
+        batch_size=batch_size,
+        threshold=threshold,
+        allow_outside=allow_outside,
+        progress=progress,
+    )
+    out, overlays_dir, tdr_dir, items, model = (
+        job.out,
+        job.overlays_dir,
+        job.tdr_dir,
+        job.items,
+        job.model,
+    )
     timings = {"decode": 0.0, "decode_wait": 0.0, "model": 0.0, "write": 0.0}
     counts = _Counts()
     with ScoresTable.open(out) as table:
@@ -263,7 +313,7 @@ def score(
         out=out,
         timings=timings,
         outputs_failed=counts.outputs_failed,
-        duplicates=len(resolved_inputs.duplicates),
+        duplicates=job.duplicates,
     )
     if progress:
         print(summary, file=sys.stderr)

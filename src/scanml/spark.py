@@ -25,7 +25,6 @@ becoming an error row.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -35,20 +34,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scanml.mlflow_client import ResolvedModel
-from scanml.score_inputs import InputItem, resolve_job_inputs
+from scanml.score_inputs import InputItem
 from scanml.score_rows import file_stems
 from scanml.scores_table import ScoresTable
 from scanml.scoring import (
     DEFAULT_BATCH_SIZE,
     ScoreSummary,
     ScoringError,
-    _check_writable,
     _Counts,
     _fingerprint,
-    _report_duplicates,
-    _resolve,
     _todo,
-    _warn_if_unwritable,
+    plan_job,
 )
 
 if TYPE_CHECKING:
@@ -84,29 +80,24 @@ def score_with_spark(
     scans per Spark task and per committed part.
     """
     started = time.perf_counter()
-    out = Path(os.path.abspath(out))
-    if batch_size < 1:
-        raise ScoringError(f"batch_size must be at least 1, got {batch_size}")
-    if threshold is not None and not math.isfinite(threshold):
-        raise ScoringError(f"--threshold {threshold}: not a finite number")
-    _check_writable(out.parent, what=f"--out {out}")
-    overlays_dir, tdr_dir = (
-        Path(os.path.abspath(d)) if d is not None else None for d in (overlays, tdr)
+    job = plan_job(
+        model_uri,
+        inputs,
+        out,
+        overlays=overlays,
+        tdr=tdr,
+        batch_size=batch_size,
+        threshold=threshold,
+        allow_outside=allow_outside,
+        progress=progress,
     )
-    for folder, name in ((overlays_dir, "--overlays"), (tdr_dir, "--tdr")):
-        if folder is not None:
-            _warn_if_unwritable(folder, name, progress)
-    try:
-        resolved_inputs = resolve_job_inputs(inputs, allow_outside=allow_outside)
-    except (ValueError, FileNotFoundError) as exc:
-        raise ScoringError(f"--input: {exc}") from None
-    _report_duplicates(resolved_inputs.duplicates, progress)
-    items = [
-        item
-        for item in resolved_inputs.items
-        if not any(d is not None and item.path.is_relative_to(d) for d in (overlays_dir, tdr_dir))
-    ]
-    model = _resolve(model_uri)
+    out, overlays_dir, tdr_dir, items, model = (
+        job.out,
+        job.overlays_dir,
+        job.tdr_dir,
+        job.items,
+        job.model,
+    )
     timings = {"decode": 0.0, "decode_wait": 0.0, "model": 0.0, "write": 0.0}
     counts = _Counts()
     with ScoresTable.open(out) as table:
@@ -145,7 +136,7 @@ def score_with_spark(
         out=out,
         timings=timings,
         outputs_failed=counts.outputs_failed,
-        duplicates=len(resolved_inputs.duplicates),
+        duplicates=job.duplicates,
     )
     if progress:
         print(summary, file=sys.stderr)
