@@ -134,6 +134,22 @@ def test_digest_follows_the_files(dataset_dir: Path) -> None:
     assert load_dataset(dataset_dir).digest != before
 
 
+def test_how_each_object_was_hidden_is_read_from_either_coco_convention(
+    dataset_dir: Path,
+) -> None:
+    def hide(coco: dict) -> None:
+        coco["annotations"][0]["concealment"] = "rip_on"  # a key of its own
+        coco["annotations"][1]["attributes"] = {"concealment": "floor"}  # CVAT's attributes
+
+    before = load_dataset(dataset_dir)
+    _edit_coco(dataset_dir, hide)
+    after = load_dataset(dataset_dir)
+
+    assert [box.concealment for r in before for box in r.boxes] == [None, None]
+    assert [box.concealment for r in after for box in r.boxes] == ["rip_on", "floor"]
+    assert after.records[2].boxes[0] == Box(60.0, 30.0, 24.0, 16.0, "drugs", "rip_on")
+
+
 def _edit_manifest(root: Path, old: str, new: str) -> None:
     manifest = root / "manifest.csv"
     manifest.write_text(manifest.read_text().replace(old, new, 1))

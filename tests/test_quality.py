@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from mlflow import MlflowClient
 
 from conftest import CONFIGS, REPO
 from scanml.baseline import LocalContrastDetector
+from scanml.dataset import load_dataset
 from scanml.io import Scan
 from scanml.metrics import ScanOutcome
 from scanml.quality import _curve_snapshots, bootstrap_metrics, run_quality_benchmark
@@ -23,6 +25,9 @@ def _foreign_generator():
         "foreign_scans", REPO / "benchmarks" / "foreign_scans.py"
     )
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs: its dataclasses look their module up there
+    # (alone, this test would otherwise fail; in the suite test_foreign_scans did it first).
+    sys.modules.setdefault("foreign_scans", module)
     spec.loader.exec_module(module)
     return module.generate_foreign_dataset
 
@@ -115,8 +120,21 @@ def test_quality_benchmark_end_to_end(tiny_dataset: Path, tmp_path: Path, mlflow
         auroc = result.metrics["auroc"]
         assert math.isnan(auroc.value) or auroc.low <= auroc.value <= auroc.high
     assert report.curve and report.curve[-1][1] == report.epochs
+    # The independent generator annotates how each threat was hidden: the
+    # model's figures are broken down by it, every anomalous scan under
+    # each of its kinds, against every clean scan of the set.
+    foreign_result = report.model[2]
+    hidden_in_foreign = {
+        box.concealment for record in load_dataset(foreign).records for box in record.boxes
+    }
+    assert set(foreign_result.by_concealment) == hidden_in_foreign - {None}
+    assert sum(n for n, _ in foreign_result.by_concealment.values()) >= foreign_result.n_anomalous
+    assert all(not r.by_concealment for r in report.baseline)
     markdown = (tmp_path / "reports" / "quality.md").read_text()
     assert "(c) independent generator" in markdown and "Baseline" in markdown
+    assert "by how they were hidden" in markdown
+    for kind in foreign_result.by_concealment:
+        assert f"| (c) independent generator | {kind} |" in markdown
     assert (
         json.loads((tmp_path / "reports" / "quality.json").read_text())["epochs"] == report.epochs
     )

@@ -73,13 +73,20 @@ class DataWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Box:
-    """An annotated object in the scan's own pixels (COCO ``[x, y, w, h]``, x = column)."""
+    """An annotated object in the scan's own pixels (COCO ``[x, y, w, h]``, x = column).
+
+    ``concealment`` is how the object was hidden (``"rip_on"``, ``"floor"``,
+    ``"cartons"``...) where the annotation says so, as a ``concealment`` key
+    of the COCO annotation or of its ``attributes``; the quality benchmark
+    breaks its figures down by it.
+    """
 
     x: float
     y: float
     w: float
     h: float
     category: str
+    concealment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -428,11 +435,23 @@ def _read_annotations(
                 )
             else:
                 boxes.setdefault(record.scan_id, []).append(
-                    Box(x, y, w, h, categories[category_id])
+                    Box(x, y, w, h, categories[category_id], _concealment(annotation))
                 )
     if problems:
         raise DataError(problems)
     return [categories[i] for i in sorted(categories)], boxes
+
+
+def _concealment(annotation: Mapping[str, Any]) -> str | None:
+    """How the object was hidden: the annotation's own key, or its ``attributes``' (CVAT style)."""
+    attributes = annotation.get("attributes")
+    for value in (
+        annotation.get("concealment"),
+        attributes.get("concealment") if isinstance(attributes, dict) else None,
+    ):
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
 
 
 def _coco_categories(path: Path, entries: list[Any], problems: list[str]) -> dict[int, str]:

@@ -82,6 +82,8 @@ class SetResult:
     n_anomalous: int
     n_failed: int
     metrics: dict[str, Interval]
+    # concealment -> (anomalous scans hidden that way, their metrics against every clean scan)
+    by_concealment: dict[str, tuple[int, dict[str, Interval]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,6 +112,10 @@ class QualityReport:
                     "n_anomalous": r.n_anomalous,
                     "n_failed": r.n_failed,
                     "metrics": {k: vars(v) for k, v in r.metrics.items()},
+                    "by_concealment": {
+                        how: {"n_anomalous": n, "metrics": {k: vars(v) for k, v in m.items()}}
+                        for how, (n, m) in r.by_concealment.items()
+                    },
                 }
                 for r in items
             ]
@@ -151,6 +157,17 @@ class QualityReport:
         ]
         for title, items in (("Model (default preset)", self.model), ("Baseline", self.baseline)):
             lines += [f"## {title}", "", *_table(items), ""]
+        if any(result.by_concealment for result in self.model):
+            lines += [
+                "## Where the model finds threats, by how they were hidden",
+                "",
+                "The anomalous scans with a threat hidden that way, against every clean scan of "
+                "the set (a scan with threats hidden in two ways counts under both; the kinds are "
+                "each set's own annotations).",
+                "",
+                *_concealment_table(self.model),
+                "",
+            ]
         lines += [
             "## Learning curve (same run, snapshots after N minutes of training)",
             "",
@@ -220,7 +237,7 @@ def run_quality_benchmark(
         started=stamp,
     )
     report.model = [
-        _measure(name, loaded, _model_scorer(bundle), bundle.threshold, bootstrap)
+        _measure(name, loaded, _model_scorer(bundle), bundle.threshold, bootstrap, breakdown=True)
         for name, loaded in scans.items()
     ]
 
@@ -316,14 +333,32 @@ def _measure(
     score: Callable[[ScanRecord, Scan], ScanOutcome],
     threshold: float,
     bootstrap: int,
+    *,
+    breakdown: bool = False,
 ) -> SetResult:
+    """One detector on one set; with ``breakdown``, also per concealment kind."""
     outcomes = [score(record, scan) for record, scan in data.loaded]
+    by_concealment: dict[str, tuple[int, dict[str, Interval]]] = {}
+    if breakdown:
+        clean = [o for o in outcomes if o.label == 0]
+        hidden: dict[str, list[ScanOutcome]] = {}
+        for (record, _), outcome in zip(data.loaded, outcomes, strict=True):
+            if outcome.label != 1:
+                continue
+            for kind in sorted({box.concealment for box in record.boxes if box.concealment}):
+                hidden.setdefault(kind, []).append(outcome)
+        for kind, found in sorted(hidden.items(), key=lambda item: (-len(item[1]), item[0])):
+            by_concealment[kind] = (
+                len(found),
+                bootstrap_metrics(clean + found, threshold=threshold, n_resamples=bootstrap),
+            )
     return SetResult(
         name=name,
         n_scans=len(outcomes),
         n_anomalous=sum(o.label for o in outcomes),
         n_failed=len(data.failures),
         metrics=bootstrap_metrics(outcomes, threshold=threshold, n_resamples=bootstrap),
+        by_concealment=by_concealment,
     )
 
 
@@ -414,6 +449,20 @@ def _table(items: list[SetResult]) -> list[str]:
         rows.append(
             f"| {result.name} | {result.n_scans} ({result.n_anomalous}{failed}) | {cells} |"
         )
+    return rows
+
+
+def _concealment_table(items: list[SetResult]) -> list[str]:
+    rows = [
+        "| set | hidden | anomalous scans | AUROC | DR @ 1 % FAR | pointing |",
+        "|---|---|---:|---|---|---|",
+    ]
+    for result in items:
+        for kind, (n, m) in result.by_concealment.items():
+            rows.append(
+                f"| {result.name} | {kind} | {n} | {m['auroc']} | {m['dr_at_1pct_far']} | "
+                f"{m['pointing']} |"
+            )
     return rows
 
 
