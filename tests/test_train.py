@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -180,6 +181,34 @@ def test_overfits_one_batch(tiny_dataset: Path) -> None:
         logits = network.tile_logits(network(batch["image"]), "max")
     assert losses["loss"].item() < 0.1
     assert torch.equal(logits > 0, batch["label"] > 0.5)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "stages", "output_stride"),
+    [("resnet18", 3, 16), ("resnet18", None, 32), ("convnext_tiny", None, 32)],
+)
+def test_each_location_is_taught_the_object_under_its_own_footprint(
+    architecture: str, stages: int | None, output_stride: int
+) -> None:
+    """A one-pixel object is the target of the cell whose centre is nearest,
+    as :mod:`scanml.predict` places cells on the scan, for every pixel."""
+    from scanml.losses import cell_targets
+    from scanml.models import create_model
+
+    grid = create_model(
+        architecture, in_channels=1, stages=stages, output_stride=output_stride
+    ).grid
+    size = 4 * grid.stride
+    cells = (size // grid.stride, size // grid.stride)
+    for pixel in range(size):
+        mask = torch.zeros(1, size, size)
+        mask[0, pixel, pixel] = 1.0
+        target = cell_targets(mask, cells, grid)[0]
+        nearest = math.floor((pixel + 0.5 - grid.offset) / grid.stride + 0.5)
+        expected = torch.zeros(cells)
+        if 0 <= nearest < cells[0]:
+            expected[nearest, nearest] = 1.0
+        assert torch.equal(target, expected), (pixel, grid)
 
 
 @pytest.mark.parametrize(

@@ -188,7 +188,7 @@ def training_throughput(
     device = torch.device(device)
     network = create_model(architecture, in_channels=in_channels, num_categories=4).to(device)
     network = network.to(memory_format=torch.channels_last)
-    criterion = DenseTileLoss()
+    criterion = DenseTileLoss(grid=network.grid)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
     images = torch.rand(batch_size, in_channels, tile_size, tile_size, device=device)
     images = images.contiguous(memory_format=torch.channels_last)

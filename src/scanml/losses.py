@@ -2,14 +2,50 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
+from scanml.backbones import OutputGrid
 from scanml.models import DenseLogitNet
 
-__all__ = ["DenseTileLoss"]
+__all__ = ["DenseTileLoss", "cell_targets"]
+
+
+def cell_targets(
+    mask: torch.Tensor, cells_hw: tuple[int, int], grid: OutputGrid | None
+) -> torch.Tensor:
+    """The object mask ``[N, H, W]`` as one target per output cell ``[N, h, w]``.
+
+    A cell is positive when any input pixel of its footprint is inside a box.
+    Its footprint is the stride-wide square centred where the network puts
+    the cell (``grid.offset + grid.stride * i``, as the heat maps and boxes
+    of :mod:`scanml.predict` place it), so a location learns the object that
+    scoring will draw under it. A ResNet centres cell ``i`` on pixel
+    ``stride * i``: its footprint starts half a stride before, not at, that
+    pixel. Without a grid, the mask is cut into ``cells_hw`` equal bins
+    (:func:`torch.nn.functional.adaptive_max_pool2d`).
+    """
+    mask = mask.float()[:, None]
+    if grid is None:
+        return F.adaptive_max_pool2d(mask, cells_hw)[:, 0]
+    stride = grid.stride
+    # Pixel j (centre j + 0.5) belongs to cell i when it lies within half a
+    # stride of the cell's centre: cell 0 starts at this pixel index.
+    first = math.ceil(grid.offset - stride / 2 - 0.5)
+    height, width = mask.shape[-2:]
+    rows, cols = cells_hw[0] * stride, cells_hw[1] * stride
+    canvas = mask.new_zeros((mask.shape[0], 1, rows, cols))
+    top, left = max(first, 0), max(first, 0)  # the first input pixel any cell covers
+    bottom, right = min(first + rows, height), min(first + cols, width)
+    if top < bottom and left < right:
+        canvas[..., top - first : bottom - first, left - first : right - first] = mask[
+            ..., top:bottom, left:right
+        ]
+    return F.max_pool2d(canvas, stride)[:, 0]
 
 
 class DenseTileLoss(nn.Module):
@@ -35,6 +71,11 @@ class DenseTileLoss(nn.Module):
     and easy, and a mean cross-entropy is then dominated by them, while the
     scan score depends only on the few clean locations that still score
     high; the focal loss down-weights the easy ones so those few drive it.
+
+    ``grid``: where the network's cells sit on its input (``network.grid``),
+    so that each location is taught the object under its own footprint
+    (:func:`cell_targets`); train with it. ``None`` cuts the mask into equal
+    bins from the tile's corner, which for a ResNet is half a stride off.
     """
 
     def __init__(
@@ -44,6 +85,7 @@ class DenseTileLoss(nn.Module):
         tile_pooling: str = "max",
         *,
         dense_loss: str = "bce",
+        grid: OutputGrid | None = None,
     ) -> None:
         super().__init__()
         if dense_loss not in ("bce", "focal"):
@@ -52,6 +94,7 @@ class DenseTileLoss(nn.Module):
         self.category_weight = category_weight
         self.tile_pooling = tile_pooling
         self.dense_loss = dense_loss
+        self.grid = grid
 
     def forward(
         self, dense_logits: torch.Tensor, targets: dict[str, torch.Tensor]
@@ -61,7 +104,7 @@ class DenseTileLoss(nn.Module):
         tile_logits = DenseLogitNet.tile_logits(dense_logits, self.tile_pooling)
         tile_loss = F.binary_cross_entropy_with_logits(tile_logits, labels)
 
-        cells = F.adaptive_max_pool2d(targets["mask"].float()[:, None], anomaly.shape[-2:])[:, 0]
+        cells = cell_targets(targets["mask"], (anomaly.shape[-2], anomaly.shape[-1]), self.grid)
         cells = cells * labels[:, None, None]  # a clean tile is clean everywhere
         if self.dense_loss == "focal":
             # RetinaNet's normalisation: by the positive locations, so a

@@ -181,6 +181,7 @@ def train(
         config.train.category_loss_weight,
         config.train.tile_pooling,
         dense_loss=config.train.dense_loss,
+        grid=network.grid,
     )
     optimizer = torch.optim.AdamW(
         _parameter_groups(network, config.train.weight_decay), lr=config.train.lr
