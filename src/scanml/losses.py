@@ -37,14 +37,9 @@ def cell_targets(
     # stride of the cell's centre: cell 0 starts at this pixel index.
     first = math.ceil(grid.offset - stride / 2 - 0.5)
     height, width = mask.shape[-2:]
+    # Shift and size the mask onto the cells' footprints: a negative pad crops.
     rows, cols = cells_hw[0] * stride, cells_hw[1] * stride
-    canvas = mask.new_zeros((mask.shape[0], 1, rows, cols))
-    top, left = max(first, 0), max(first, 0)  # the first input pixel any cell covers
-    bottom, right = min(first + rows, height), min(first + cols, width)
-    if top < bottom and left < right:
-        canvas[..., top - first : bottom - first, left - first : right - first] = mask[
-            ..., top:bottom, left:right
-        ]
+    canvas = F.pad(mask, (-first, cols - width + first, -first, rows - height + first))
     return F.max_pool2d(canvas, stride)[:, 0]
 
 
