@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow import MlflowClient
+from safetensors.torch import load_file
 
 from conftest import CONFIGS
 from scanml.config import load_config
@@ -300,3 +301,33 @@ def test_a_time_budget_ends_the_run_and_keeps_epoch_snapshots(
     assert metadata["stages"] == 3 and metadata["metadata"]["elapsed_min"] > 0
     history = MlflowClient(mlflow_uri).get_metric_history(result.run_id, "train/planned_epochs")
     assert [m.value for m in history] == [1.0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_the_run_keeps_the_epoch_train_keep_names(
+    keep: str, tiny_dataset: Path, mlflow_uri: str
+) -> None:
+    # A constant monitor never improves after epoch 1, so "best" is epoch 1, "last" epoch 2.
+    config = load_config(
+        SMOKE,
+        [
+            f"train.keep={keep}",
+            "train.monitor=val/n_scans",
+            "train.keep_epoch_models=true",
+            "augment.tip.enabled=false",
+        ],
+    )
+    result = train(config, tiny_dataset, progress=False)
+
+    expected = {"best": 1, "last": 2}[keep]
+    assert (result.best_epoch, result.kept_epoch) == (1, expected)
+    kept = load_file(result.bundle_dir / "model.safetensors")
+    snapshot = load_file(result.run_dir / "epochs" / f"epoch-{expected:03d}" / "model.safetensors")
+    other = load_file(result.run_dir / "epochs" / f"epoch-{3 - expected:03d}" / "model.safetensors")
+    assert all(torch.equal(kept[name], snapshot[name]) for name in snapshot)
+    assert not all(torch.equal(kept[name], other[name]) for name in other)
+    metadata = json.loads((result.bundle_dir / "model.json").read_text())["metadata"]
+    assert (metadata["best_epoch"], metadata["kept_epoch"]) == (1, expected)
+    run = MlflowClient(mlflow_uri).get_run(result.run_id)
+    assert run.data.metrics["best/epoch"] == expected

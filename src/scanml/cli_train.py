@@ -69,6 +69,11 @@ def _run_train(args: argparse.Namespace) -> int:
         raise UserFacingError(str(exc)) from None
     print(f"run id: {result.run_id}")
     print(f"model: {result.model_uri}")
+    if result.kept_epoch:  # rank 0; the other ranks keep nothing
+        print(
+            f"kept epoch: {result.kept_epoch} (train.keep; "
+            f"best validation at epoch {result.best_epoch})"
+        )
     print(f"checkpoints: {result.run_dir}")
     return 0
 

@@ -197,6 +197,13 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = Field(default=6, ge=1, le=10_000)
     monitor: str = "val/auroc"
     monitor_mode: Literal["max", "min"] = "max"
+    keep: Literal["best", "last"] = Field(
+        default="best",
+        description="which epoch's weights the run keeps as its model: best (the epoch whose "
+        "smoothed `monitor` was best) or last (the end of the schedule; under a time budget "
+        "the cosine has annealed to zero there, and a noisy validation split picks a "
+        "mid-run epoch by chance). Validation still runs and is logged either way",
+    )
     hard_negative_every: int = Field(
         default=2, ge=0, le=10_000, description="epochs between mining rounds; 0 disables"
     )

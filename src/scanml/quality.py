@@ -96,6 +96,8 @@ class QualityReport:
     epochs: int
     best_epoch: int
     threshold: float
+    kept_epoch: int = 0
+    keep: str = "best"
     model: list[SetResult] = field(default_factory=list)
     baseline: list[SetResult] = field(default_factory=list)
     curve: list[tuple[float, int, list[SetResult]]] = field(default_factory=list)
@@ -128,6 +130,8 @@ class QualityReport:
             "budget_minutes": self.budget_minutes,
             "epochs": self.epochs,
             "best_epoch": self.best_epoch,
+            "kept_epoch": self.kept_epoch,
+            "keep": self.keep,
             "threshold": self.threshold,
             "model": results(self.model),
             "baseline": results(self.baseline),
@@ -146,7 +150,8 @@ class QualityReport:
             "on this machine (2 CPU cores, no GPU).",
             "",
             f"The default preset (`{self.config_path}`) trained for {self.train_minutes:.1f} min "
-            f"(budget {self.budget_minutes} min for the epoch loop; {self.epochs} epochs, best "
+            f"(budget {self.budget_minutes} min for the epoch loop; {self.epochs} epochs; "
+            f"`train.keep={self.keep}` kept epoch {self.kept_epoch}, the best validation was "
             f"epoch {self.best_epoch}); its stored threshold ({self.threshold:.4f}) was "
             "calibrated at 1 % FAR on the validation split. Every figure: the point estimate "
             "and its 95 % bootstrap interval (2,000 resamples of scans, clean and anomalous "
@@ -233,6 +238,8 @@ def run_quality_benchmark(
         budget_minutes=config.train.time_budget_min,
         epochs=elapsed[-1][0] if elapsed else 0,
         best_epoch=result.best_epoch,
+        kept_epoch=result.kept_epoch,
+        keep=config.train.keep,
         threshold=bundle.threshold,
         started=stamp,
     )

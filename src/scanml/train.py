@@ -91,6 +91,7 @@ class TrainResult:
     bundle_dir: Path
     best_epoch: int
     metrics: dict[str, float]
+    kept_epoch: int = 0  # the epoch whose weights are the model (train.keep)
 
 
 def train(
@@ -508,8 +509,10 @@ def _finish(
     split_digest: str = "",
 ) -> TrainResult:
     best_path = run_dir / "best.pt"
-    if best_path.exists():
+    kept_epoch = state.epoch
+    if config.train.keep == "best" and best_path.exists():
         network.load_state_dict(load_checkpoint(best_path)["model"])
+        kept_epoch = state.best_epoch
     bundle = _bundle(network, config, preprocessing, threshold=0.5, run_id=state.mlflow_run_id)
     metrics, predictions = validate(
         bundle, val_records, device=device, config=config, progress=progress
@@ -519,6 +522,7 @@ def _finish(
     bundle.threshold = calibration.threshold
     bundle.metadata.update(
         best_epoch=state.best_epoch,
+        kept_epoch=kept_epoch,
         **calibration.to_metadata(),
         # evaluate draws the test split exactly as this run drew it
         split={
@@ -533,10 +537,11 @@ def _finish(
     bundle.save(bundle_dir)
 
     final = metrics.to_flat_dict()
+    # best/* describe the model the run keeps (train.keep), the one `compare` ranks.
+    tracker.log_metrics({f"best/{key}": value for key, value in final.items()}, step=kept_epoch)
     tracker.log_metrics(
-        {f"best/{key}": value for key, value in final.items()}, step=state.best_epoch
+        {"best/threshold": bundle.threshold, "best/epoch": kept_epoch}, step=kept_epoch
     )
-    tracker.log_metrics({"best/threshold": bundle.threshold}, step=state.best_epoch)
     log_validation_figures(tracker, metrics, predictions, bundle, config)
     tracker.log_text(json.dumps(final, indent=2, sort_keys=True), "metrics/best.json")
 
@@ -562,6 +567,7 @@ def _finish(
         bundle_dir=bundle_dir,
         best_epoch=state.best_epoch,
         metrics=final,
+        kept_epoch=kept_epoch,
     )
 
 
