@@ -14,10 +14,12 @@ from safetensors import safe_open
 from torch import nn
 
 from scanml.models import (
+    CONTRAST_FLOOR,
     SUPPORTED_ARCHITECTURES,
     DenseLogitNet,
     ModelBundle,
     create_model,
+    local_contrast,
 )
 from scanml.preprocess import Preprocessing
 
@@ -296,3 +298,51 @@ def test_stages_are_refused_where_they_do_not_apply() -> None:
         create_model("mobilenet_v2", 1, stages=3)
     with pytest.raises(ValueError, match=r"supports output_stride \[16, 8\], got 32"):
         create_model("resnet18", 1, stages=3, output_stride=32)
+
+
+def test_local_contrast_is_the_deviation_from_the_window_mean_over_its_spread() -> None:
+    flat = torch.full((1, 1, 96, 96), 0.4)
+    torch.testing.assert_close(local_contrast(flat, 33), torch.zeros_like(flat))
+
+    # A faint 20 x 20 px block (+0.01: 0.12 in attenuation) in a flat field. At its
+    # centre the 33 x 33 window holds a share p = 400/1089 of the block.
+    image = flat.clone()
+    image[..., 38:58, 38:58] += 0.01
+    share = 400 / 1089
+    deviation = 0.01 * (1 - share)
+    spread = (share * (1 - share) * 0.01**2 + CONTRAST_FLOOR**2) ** 0.5
+    contrast = local_contrast(image, 33)
+    assert float(contrast[0, 0, 48, 48]) == pytest.approx(deviation / spread, rel=1e-3)
+    assert float(contrast[0, 0, 5, 5]) == pytest.approx(0.0, abs=1e-4)  # far from it
+    # A hundred times the step: the spread, not the floor, sets the scale; same sign.
+    strong = flat.clone()
+    strong[..., 38:58, 38:58] += 1.0 - 0.4
+    spread = (share * (1 - share) * 0.6**2 + CONTRAST_FLOOR**2) ** 0.5
+    assert float(local_contrast(strong, 33)[0, 0, 48, 48]) == pytest.approx(
+        0.6 * (1 - share) / spread, rel=1e-3
+    )
+    # Inputs smaller than half the window keep their shape.
+    assert local_contrast(torch.rand(2, 2, 8, 12), 33).shape == (2, 2, 8, 12)
+
+
+def test_a_contrast_network_reads_both_channels_and_its_bundle_keeps_the_window(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    plain = create_model("resnet18", 1, output_stride=16, stages=3)
+    network = create_model("resnet18", 1, output_stride=16, stages=3, input_contrast=33)
+    assert network.in_channels == 1 and network.backbone.conv1.in_channels == 2
+    assert network.grid.receptive_field == plain.grid.receptive_field + 32
+    with pytest.raises(ValueError, match="odd window"):
+        create_model("resnet18", 1, input_contrast=32)
+
+    bundle = ModelBundle(network, "resnet18", Preprocessing(("high",), 8.0), CLASSES)
+    bundle.save(tmp_path / "bundle")
+    loaded = ModelBundle.load(tmp_path / "bundle")
+    assert loaded.network.input_contrast == 33
+    images = torch.rand(1, 1, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.network.eval()(images), network.eval()(images))
+        # The contrast channel is read: without its weights the network scores otherwise.
+        loaded.network.backbone.conv1.weight[:, 1].zero_()
+        assert not torch.allclose(loaded.network(images), network(images), atol=1e-3)

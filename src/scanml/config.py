@@ -57,6 +57,14 @@ class ModelConfig(_Section):
     spacing_mm: float = Field(default=8.0, gt=0.5, le=50.0)
     attenuation_scale: float = Field(default=ATTENUATION_SCALE, gt=0.0, le=100.0)
     output_stride: Literal[8, 16, 32] = 32
+    input_contrast: int | None = Field(
+        default=None,
+        ge=3,
+        le=255,
+        description="odd window (model pixels) of a fixed local-contrast channel read beside "
+        "each energy channel: each pixel's deviation from its window's mean over the "
+        "window's spread (scanml.models.local_contrast); null: attenuation only",
+    )
     stages: int | None = Field(
         default=None,
         description="ResNets only: keep the first N residual stages (3: stride 16, a ~200 px "
@@ -74,6 +82,13 @@ class ModelConfig(_Section):
                 f"unknown architecture {name!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
             )
         return name
+
+    @field_validator("input_contrast")
+    @classmethod
+    def _odd_window(cls, window: int | None) -> int | None:
+        if window is not None and window % 2 == 0:
+            raise ValueError(f"the window must be odd (centred on its pixel), got {window}")
+        return window
 
     @model_validator(mode="after")
     def _stride_fits_architecture(self) -> ModelConfig:

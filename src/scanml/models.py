@@ -26,11 +26,12 @@ import re
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -57,6 +58,7 @@ __all__ = [
     "ModelBundle",
     "OutputGrid",
     "create_model",
+    "local_contrast",
     "supported_output_strides",
     "supported_stages",
 ]
@@ -84,6 +86,7 @@ def create_model(
     num_categories: int = 4,
     output_stride: int = 32,
     stages: int | None = None,
+    input_contrast: int | None = None,
 ) -> DenseLogitNet:
     """A dense-logit network over torchvision's ``name`` taking ``in_channels`` energy channels.
 
@@ -114,11 +117,17 @@ def create_model(
     of compact objects needs: each logit judges an object against its
     surroundings, not against the layout of a whole container, which
     differs between scanners and simulators. ``None`` keeps every stage.
+
+    ``input_contrast`` (an odd window in pixels) adds, beside each energy
+    channel, its local contrast (:func:`local_contrast`), a fixed channel
+    the first convolution reads with the attenuation itself.
     """
     if name not in FAMILIES:
         raise ValueError(
             f"unknown architecture {name!r}; supported: {list(SUPPORTED_ARCHITECTURES)}"
         )
+    if input_contrast is not None and (input_contrast < 3 or input_contrast % 2 == 0):
+        raise ValueError(f"input_contrast is an odd window of 3 px or more, got {input_contrast}")
     if in_channels < 1 or num_categories < 1:
         raise ValueError(
             f"need at least one input channel and one category, got {in_channels} and {num_categories}"
@@ -131,8 +140,11 @@ def create_model(
         layers = layers[: layer_count(name, stages)]
     backbone = nn.Sequential(OrderedDict(layers))
     dilate(backbone, name, output_stride, stages)
-    replace_first_conv(backbone, family.first_conv, in_channels)
-    grid, feature_channels = probe(backbone, in_channels)
+    backbone_channels = in_channels * 2 if input_contrast else in_channels
+    replace_first_conv(backbone, family.first_conv, backbone_channels)
+    grid, feature_channels = probe(backbone, backbone_channels)
+    if input_contrast:  # each input pixel already pools a window around it
+        grid = replace(grid, receptive_field=grid.receptive_field + input_contrast - 1)
     network = DenseLogitNet(
         backbone,
         architecture=name,
@@ -141,10 +153,46 @@ def create_model(
         num_categories=num_categories,
         grid=grid,
         stages=stages,
+        input_contrast=input_contrast,
     )
     if weights is not None:
         _load_weights(network, state, source)
     return network
+
+
+# Below this local spread (0.24 in attenuation at the model's 1/12 scale) a window counts
+# as flat: air and photon noise are not blown up into contrast.
+CONTRAST_FLOOR = 0.02
+
+
+def local_contrast(
+    images: torch.Tensor, window: int, floor: float = CONTRAST_FLOOR
+) -> torch.Tensor:
+    """Each pixel's deviation from the mean of the ``window`` x ``window`` pixels around it,
+    in units of their standard deviation (floored at ``floor``): ``[N, C, H, W]`` as given.
+
+    A 0.1 substitution in attenuation is a change of about 0.01 in the model's
+    input, beside walls and cargo that span its whole range; BatchNorm scales
+    whole feature maps and cannot bring it up locally. In a quiet window the
+    floor sets the scale, so this channel is the deviation from the local
+    mean magnified 50 times; in a busy one, the deviation against the
+    clutter around it. Fixed, not learnt: two separable box filters, edges
+    mirrored (replicated for inputs smaller than half the window).
+    """
+    half = window // 2
+    mode = "reflect" if min(images.shape[-2:]) > half else "replicate"
+
+    def box(values: torch.Tensor) -> torch.Tensor:
+        rows = F.avg_pool2d(values, (1, window), stride=1)
+        return F.avg_pool2d(rows, (window, 1), stride=1)
+
+    # float32 even under autocast: the variance is a difference of two close means.
+    with torch.autocast(images.device.type, enabled=False):
+        images = images.float()
+        padded = F.pad(images, [half] * 4, mode=mode)
+        mean = box(padded)
+        variance = (box(padded * padded) - mean * mean).clamp_min(0.0)
+        return (images - mean) / torch.sqrt(variance + floor * floor)
 
 
 class DenseLogitNet(nn.Module):
@@ -174,10 +222,12 @@ class DenseLogitNet(nn.Module):
         num_categories: int,
         grid: OutputGrid,
         stages: int | None = None,
+        input_contrast: int | None = None,
     ) -> None:
         super().__init__()
         self.architecture = architecture
         self.stages = stages
+        self.input_contrast = input_contrast
         self.in_channels = in_channels
         self.num_categories = num_categories
         self.grid = grid
@@ -195,7 +245,10 @@ class DenseLogitNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Dense logits ``[N, 1 + K, h, w]`` for images ``[N, C, H, W]`` in [0, 1]."""
-        return self.head(self.backbone((images - self.INPUT_MEAN) / self.INPUT_STD))
+        features = (images - self.INPUT_MEAN) / self.INPUT_STD
+        if self.input_contrast:
+            features = torch.cat([features, local_contrast(images, self.input_contrast)], dim=1)
+        return self.head(self.backbone(features))
 
     @staticmethod
     def tile_logits(dense_logits: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
@@ -272,6 +325,7 @@ class ModelBundle:
             "architecture": self.architecture,
             "output_stride": self.network.output_stride,
             "stages": self.network.stages,
+            "input_contrast": self.network.input_contrast,
             "preprocessing": self.preprocessing.to_dict(),
             "class_names": self.class_names,
             "threshold": self.threshold,
@@ -300,6 +354,7 @@ class ModelBundle:
             num_categories=len(config["class_names"]),
             output_stride=int(config["output_stride"]),
             stages=config.get("stages"),  # absent from bundles before stages existed
+            input_contrast=config.get("input_contrast"),
         )
         network.load_state_dict(load_file(folder / WEIGHTS_FILE))
         return cls(

@@ -174,6 +174,7 @@ def train(
         num_categories=len(config.model.categories),
         output_stride=config.model.output_stride,
         stages=config.model.stages,
+        input_contrast=config.model.input_contrast,
     ).to(device)
     if config.train.channels_last:
         network = network.to(memory_format=torch.channels_last)
