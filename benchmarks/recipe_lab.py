@@ -10,6 +10,7 @@ AUROC of the crops of held-out scans (a crop's score: its highest location).
 
     python benchmarks/recipe_lab.py --data data/some-48-scans --seconds 200
     python benchmarks/recipe_lab.py --data data/some-48-scans --tile 128 --batch 16
+    python benchmarks/recipe_lab.py --data data/some-48-scans --tile 128 --batch 16 --input-contrast 33
 
 Use a small dataset (a few dozen scans): the cache holds every crop in
 memory. With so few threats the held-out figure is noisy; the training
@@ -72,6 +73,9 @@ def main() -> None:
     parser.add_argument("--stages", type=int, default=3)
     parser.add_argument("--output-stride", type=int, default=16)
     parser.add_argument("--norm", choices=["batch", "group"], default="batch")
+    parser.add_argument(
+        "--input-contrast", type=int, default=None, help="model.input_contrast window (odd px)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the history as JSON")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -90,9 +94,13 @@ def main() -> None:
         flush=True,
     )
 
-    network = create_model("resnet18", 1, stages=args.stages, output_stride=args.output_stride).to(
-        memory_format=torch.channels_last
-    )
+    network = create_model(
+        "resnet18",
+        1,
+        stages=args.stages,
+        output_stride=args.output_stride,
+        input_contrast=args.input_contrast,
+    ).to(memory_format=torch.channels_last)
     if args.norm == "group":
         _batch_to_group_norm(network)
     criterion = DenseTileLoss(dense_loss=args.dense_loss, grid=network.grid)
