@@ -74,7 +74,10 @@ def main() -> None:
     parser.add_argument("--output-stride", type=int, default=16)
     parser.add_argument("--norm", choices=["batch", "group"], default="batch")
     parser.add_argument(
-        "--input-contrast", type=int, default=None, help="model.input_contrast window (odd px)"
+        "--input-contrast",
+        type=lambda text: [int(w) for w in text.split(",")],
+        default=None,
+        help="model.input_contrast: an odd window in px, or several, comma-separated",
     )
     parser.add_argument("--out", type=Path, default=None, help="write the history as JSON")
     args = parser.parse_args()

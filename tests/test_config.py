@@ -94,6 +94,10 @@ def test_flat_params_and_round_trip(tmp_path: Path) -> None:
         ("tracking.run_name=../../x", "tracking.run_name: Value error, run_name '../../x'"),
         ("tracking.run_name=/etc/cron.d", "tracking.run_name"),
         ("tracking.run_name=.hidden", "tracking.run_name"),
+        ("model.input_contrast=32", "model.input_contrast: Value error, each window must be odd"),
+        ("model.input_contrast=[17, 1]", "model.input_contrast: Value error, each window"),
+        ("model.input_contrast=1001", "3-255 px, got 1001"),
+        ("model.input_contrast=[]", "model.input_contrast: Value error, give at least one"),
     ],
 )
 def test_values_without_physical_or_practical_sense_are_refused_at_load(
@@ -109,6 +113,12 @@ def test_nan_in_a_yaml_file_is_refused_naming_the_file(tmp_path: Path) -> None:
     path.write_text("train:\n  lr: .nan\n  epochs: 3\n")
     with pytest.raises(ConfigError, match=r"nan\.yaml: train\.lr: Input should be a finite number"):
         load_config(path)
+
+
+def test_contrast_windows_are_one_or_a_list() -> None:
+    assert load_config(CONFIGS / "default.yaml").model.input_contrast == 33
+    windows = load_config(CONFIGS / "smoke.yaml", ["model.input_contrast=[17, 65]"])
+    assert windows.model.input_contrast == [17, 65]
 
 
 def test_a_plain_run_name_is_kept() -> None:

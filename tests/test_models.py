@@ -346,3 +346,26 @@ def test_a_contrast_network_reads_both_channels_and_its_bundle_keeps_the_window(
         # The contrast channel is read: without its weights the network scores otherwise.
         loaded.network.backbone.conv1.weight[:, 1].zero_()
         assert not torch.allclose(loaded.network(images), network(images), atol=1e-3)
+
+
+def test_several_contrast_windows_give_a_channel_each_in_their_order(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    plain = create_model("resnet18", 2, output_stride=16, stages=3)
+    network = create_model("resnet18", 2, output_stride=16, stages=3, input_contrast=[17, 65])
+    # Two energies, each with its attenuation and two contrasts.
+    assert network.backbone.conv1.in_channels == 6
+    assert network.contrast_windows == (17, 65)
+    assert network.grid.receptive_field == plain.grid.receptive_field + 64  # the widest
+
+    bundle = ModelBundle(network, "resnet18", Preprocessing(("high", "low"), 8.0), CLASSES)
+    loaded = ModelBundle.load(bundle.save(tmp_path / "bundle"))
+    assert loaded.network.input_contrast == [17, 65]
+    images = torch.rand(1, 2, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.network.eval()(images), network.eval()(images))
+        # Channels 4-5 are the 65 px window's: without their weights the scores change.
+        loaded.network.backbone.conv1.weight[:, 4:].zero_()
+        assert not torch.allclose(loaded.network(images), network(images), atol=1e-3)
+    for bad in ([], [17, 32], [1], [True]):
+        with pytest.raises(ValueError, match="odd window"):
+            create_model("resnet18", 1, input_contrast=bad)

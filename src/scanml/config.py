@@ -57,13 +57,12 @@ class ModelConfig(_Section):
     spacing_mm: float = Field(default=8.0, gt=0.5, le=50.0)
     attenuation_scale: float = Field(default=ATTENUATION_SCALE, gt=0.0, le=100.0)
     output_stride: Literal[8, 16, 32] = 32
-    input_contrast: int | None = Field(
+    input_contrast: int | list[int] | None = Field(
         default=None,
-        ge=3,
-        le=255,
         description="odd window (model pixels) of a fixed local-contrast channel read beside "
-        "each energy channel: each pixel's deviation from its window's mean over the "
-        "window's spread (scanml.models.local_contrast); null: attenuation only",
+        "each energy channel, or a list of windows (a channel for each): each pixel's "
+        "deviation from its window's mean over the window's spread "
+        "(scanml.models.local_contrast); null: attenuation only",
     )
     stages: int | None = Field(
         default=None,
@@ -85,9 +84,15 @@ class ModelConfig(_Section):
 
     @field_validator("input_contrast")
     @classmethod
-    def _odd_window(cls, window: int | None) -> int | None:
-        if window is not None and window % 2 == 0:
-            raise ValueError(f"the window must be odd (centred on its pixel), got {window}")
+    def _odd_window(cls, window: int | list[int] | None) -> int | list[int] | None:
+        windows = [] if window is None else [window] if isinstance(window, int) else window
+        if window is not None and not windows:
+            raise ValueError("give at least one window, or null for attenuation only")
+        for size in windows:
+            if size % 2 == 0 or not 3 <= size <= 255:
+                raise ValueError(
+                    f"each window must be odd (centred on its pixel) and 3-255 px, got {size}"
+                )
         return window
 
     @model_validator(mode="after")

@@ -25,7 +25,7 @@ import os
 import re
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ __all__ = [
     "DenseLogitNet",
     "ModelBundle",
     "OutputGrid",
+    "contrast_windows",
     "create_model",
     "local_contrast",
     "supported_output_strides",
@@ -86,7 +87,7 @@ def create_model(
     num_categories: int = 4,
     output_stride: int = 32,
     stages: int | None = None,
-    input_contrast: int | None = None,
+    input_contrast: int | Sequence[int] | None = None,
 ) -> DenseLogitNet:
     """A dense-logit network over torchvision's ``name`` taking ``in_channels`` energy channels.
 
@@ -118,16 +119,16 @@ def create_model(
     surroundings, not against the layout of a whole container, which
     differs between scanners and simulators. ``None`` keeps every stage.
 
-    ``input_contrast`` (an odd window in pixels) adds, beside each energy
-    channel, its local contrast (:func:`local_contrast`), a fixed channel
-    the first convolution reads with the attenuation itself.
+    ``input_contrast`` (an odd window in pixels, or several) adds, beside
+    each energy channel, its local contrast over each window
+    (:func:`local_contrast`): fixed channels the first convolution reads
+    with the attenuation itself.
     """
     if name not in FAMILIES:
         raise ValueError(
             f"unknown architecture {name!r}; supported: {list(SUPPORTED_ARCHITECTURES)}"
         )
-    if input_contrast is not None and (input_contrast < 3 or input_contrast % 2 == 0):
-        raise ValueError(f"input_contrast is an odd window of 3 px or more, got {input_contrast}")
+    windows = contrast_windows(input_contrast)
     if in_channels < 1 or num_categories < 1:
         raise ValueError(
             f"need at least one input channel and one category, got {in_channels} and {num_categories}"
@@ -140,11 +141,11 @@ def create_model(
         layers = layers[: layer_count(name, stages)]
     backbone = nn.Sequential(OrderedDict(layers))
     dilate(backbone, name, output_stride, stages)
-    backbone_channels = in_channels * 2 if input_contrast else in_channels
+    backbone_channels = in_channels * (1 + len(windows))
     replace_first_conv(backbone, family.first_conv, backbone_channels)
     grid, feature_channels = probe(backbone, backbone_channels)
-    if input_contrast:  # each input pixel already pools a window around it
-        grid = replace(grid, receptive_field=grid.receptive_field + input_contrast - 1)
+    if windows:  # each input pixel already pools a window around it
+        grid = replace(grid, receptive_field=grid.receptive_field + max(windows) - 1)
     network = DenseLogitNet(
         backbone,
         architecture=name,
@@ -163,6 +164,24 @@ def create_model(
 # Below this local spread (0.24 in attenuation at the model's 1/12 scale) a window counts
 # as flat: air and photon noise are not blown up into contrast.
 CONTRAST_FLOOR = 0.02
+
+
+def contrast_windows(input_contrast: int | Sequence[int] | None) -> tuple[int, ...]:
+    """The local-contrast windows ``input_contrast`` names: ``()`` for None, else odd sizes >= 3.
+
+    Raises ValueError naming the value otherwise.
+    """
+    if input_contrast is None:
+        return ()
+    windows = (input_contrast,) if isinstance(input_contrast, int) else tuple(input_contrast)
+    if not windows or any(
+        isinstance(w, bool) or not isinstance(w, int) or w < 3 or w % 2 == 0 for w in windows
+    ):
+        raise ValueError(
+            f"input_contrast is an odd window of 3 px or more, or a list of them, "
+            f"got {input_contrast!r}"
+        )
+    return windows
 
 
 def local_contrast(
@@ -222,12 +241,18 @@ class DenseLogitNet(nn.Module):
         num_categories: int,
         grid: OutputGrid,
         stages: int | None = None,
-        input_contrast: int | None = None,
+        input_contrast: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.architecture = architecture
         self.stages = stages
-        self.input_contrast = input_contrast
+        # as given (the bundle records it so); the windows the forward pass uses
+        self.input_contrast = (
+            input_contrast
+            if input_contrast is None or isinstance(input_contrast, int)
+            else list(input_contrast)
+        )
+        self.contrast_windows = contrast_windows(input_contrast)
         self.in_channels = in_channels
         self.num_categories = num_categories
         self.grid = grid
@@ -246,8 +271,9 @@ class DenseLogitNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Dense logits ``[N, 1 + K, h, w]`` for images ``[N, C, H, W]`` in [0, 1]."""
         features = (images - self.INPUT_MEAN) / self.INPUT_STD
-        if self.input_contrast:
-            features = torch.cat([features, local_contrast(images, self.input_contrast)], dim=1)
+        if self.contrast_windows:
+            contrast = [local_contrast(images, window) for window in self.contrast_windows]
+            features = torch.cat([features, *contrast], dim=1)
         return self.head(self.backbone(features))
 
     @staticmethod
