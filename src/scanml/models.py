@@ -246,12 +246,6 @@ class DenseLogitNet(nn.Module):
         super().__init__()
         self.architecture = architecture
         self.stages = stages
-        # as given (the bundle records it so); the windows the forward pass uses
-        self.input_contrast = (
-            input_contrast
-            if input_contrast is None or isinstance(input_contrast, int)
-            else list(input_contrast)
-        )
         self.contrast_windows = contrast_windows(input_contrast)
         self.in_channels = in_channels
         self.num_categories = num_categories
@@ -262,6 +256,12 @@ class DenseLogitNet(nn.Module):
         with torch.no_grad():
             self.head.bias.zero_()
             self.head.bias[0] = ANOMALY_PRIOR_LOGIT
+
+    @property
+    def input_contrast(self) -> int | list[int] | None:
+        """The windows as configured (and as the bundle records them): one int, a list, or None."""
+        windows = self.contrast_windows
+        return None if not windows else windows[0] if len(windows) == 1 else list(windows)
 
     @property
     def output_stride(self) -> int:
