@@ -121,6 +121,14 @@ def test_contrast_windows_are_one_or_a_list() -> None:
     assert windows.model.input_contrast == [17, 65]
 
 
+def test_amp_is_a_switch_or_auto() -> None:
+    assert load_config(CONFIGS / "smoke.yaml").train.amp is False
+    assert load_config(CONFIGS / "smoke.yaml", ["train.amp=true"]).train.amp is True
+    assert load_config(CONFIGS / "smoke.yaml", ["train.amp=auto"]).train.amp == "auto"
+    with pytest.raises(ConfigError, match=r"train\.amp.*'auto'"):
+        load_config(CONFIGS / "smoke.yaml", ["train.amp=sometimes"])
+
+
 def test_a_plain_run_name_is_kept() -> None:
     assert load_config(overrides=["tracking.run_name=lr 3e-4_b+2"]).tracking.run_name == (
         "lr 3e-4_b+2"

@@ -33,6 +33,7 @@ def test_smoke_training_is_tracked_and_registered(tiny_dataset: Path, mlflow_uri
     assert run.info.status == "FINISHED"
     assert run.data.params["model.architecture"] == "resnet18"
     assert run.data.params["data.digest"]
+    assert run.data.params["train.precision"] == "float32"  # smoke.yaml: train.amp false
     assert len(run.data.tags["git.commit"]) == 40  # the code's commit, whatever the working folder
     assert "version.torch" in run.data.tags
     history = client.get_metric_history(result.run_id, "train/loss")
@@ -182,6 +183,78 @@ def test_overfits_one_batch(tiny_dataset: Path) -> None:
         logits = network.tile_logits(network(batch["image"]), "max")
     assert losses["loss"].item() < 0.1
     assert torch.equal(logits > 0, batch["label"] > 0.5)
+
+
+@pytest.mark.parametrize(("amp", "conv_dtype"), [(False, torch.float32), (True, torch.bfloat16)])
+def test_train_amp_runs_the_step_in_reduced_precision_on_float32_weights(
+    tiny_dataset: Path, amp: bool, conv_dtype: torch.dtype
+) -> None:
+    """train.amp on a CPU: the convolutions compute in bfloat16, the weights stay float32
+    and the loss still falls; the input convolution (attenuation in physical units, and
+    its local contrast) computes in float32 either way."""
+    from scanml.data import TileDataset, TileSampler, load_dataset
+    from scanml.models import create_model
+    from scanml.preprocess import Preprocessing
+    from scanml.train import train_one_epoch
+    from scanml.transforms import EvalTransform
+
+    torch.manual_seed(0)
+    config = load_config(SMOKE, [f"train.amp={str(amp).lower()}", "train.grad_clip=null"])
+    sampler = TileSampler(
+        tile_size=64, tiles_per_scan=2, positive_fraction=0.5, hard_negative_fraction=0.0, seed=0
+    )
+    tiles = TileDataset(
+        load_dataset(tiny_dataset),
+        Preprocessing(channels=("high",), spacing_mm=16.0),
+        sampler,
+        transform=EvalTransform(),
+        categories=config.model.categories,
+        seed=0,
+    )
+    batch = tiles.collate([item for _, item in zip(range(8), iter(tiles), strict=False)])
+    network = create_model(
+        "resnet18", in_channels=1, num_categories=len(config.model.categories), input_contrast=9
+    )
+    seen: dict[str, torch.dtype] = {}
+    first, second = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)][:2]
+    first.register_forward_hook(lambda _m, _inputs, out: seen.update(input_conv=out.dtype))
+    second.register_forward_hook(lambda _m, _inputs, out: seen.update(conv=out.dtype))
+    optimizer = torch.optim.AdamW(network.parameters(), lr=2e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+    def epoch() -> float:
+        stats = train_one_epoch(
+            network,
+            DenseTileLoss(),
+            optimizer,
+            scheduler,
+            torch.amp.GradScaler("cpu", enabled=False),
+            [batch] * 10,
+            device=torch.device("cpu"),
+            epoch=1,
+            config=config,
+            progress=False,
+        )
+        return stats["loss"]
+
+    first = epoch()
+    for _ in range(2):
+        last = epoch()
+    assert seen["conv"] == conv_dtype
+    assert seen["input_conv"] == torch.float32  # attenuation is read at full precision
+    assert all(p.dtype == torch.float32 for p in network.parameters())
+    assert math.isfinite(last) and last < 0.5 * first
+
+
+def test_amp_auto_is_reduced_precision_only_where_the_device_computes_it() -> None:
+    from scanml.device import autocast_dtype, native_bfloat16
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype(cpu, False) is None and autocast_dtype(cuda, False) is None
+    assert autocast_dtype(cpu, True) == torch.bfloat16
+    assert autocast_dtype(cuda, True) == torch.float16 == autocast_dtype(cuda, "auto")
+    assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if native_bfloat16(cpu) else None)
+    assert autocast_dtype(torch.device("meta"), "auto") is None
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from torch.func import functional_call
 __all__ = [
     "FAMILIES",
     "SUPPORTED_ARCHITECTURES",
+    "InputConv2d",
     "OutputGrid",
     "adapt_first_conv",
     "dilate",
@@ -178,12 +179,30 @@ def dilate(
         previous = dilation
 
 
+class InputConv2d(nn.Conv2d):
+    """The network's input convolution: float32 even under autocast.
+
+    Its input is attenuation in physical units, where a 0.1 substitution of
+    cargo is a ~1 % change beside walls that span the whole range; bfloat16
+    (an 8-bit mantissa, steps of 0.4-0.8 %) would quantise it away before
+    the first filter sees it. This layer is ~5 % of the network's compute;
+    the layers after it read features, not raw attenuation.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+            return super().forward(x)
+        with torch.autocast(device, enabled=False):
+            return super().forward(x.float())
+
+
 def replace_first_conv(backbone: nn.Module, path: str, in_channels: int) -> None:
     """Swap the input convolution for one taking ``in_channels``, its weights adapted."""
     parent_path, _, attribute = path.rpartition(".")
     parent = backbone.get_submodule(parent_path)
     old = getattr(parent, attribute)
-    new = nn.Conv2d(
+    new = InputConv2d(
         in_channels,
         old.out_channels,
         old.kernel_size,

@@ -200,7 +200,13 @@ class TrainConfig(_Section):
     weight_decay: float = Field(default=1e-4, ge=0.0, le=1.0)
     warmup_epochs: float = Field(default=1.0, ge=0.0, le=10_000)
     grad_clip: float | None = Field(default=1.0, gt=0.0, le=1e6)
-    amp: bool = False
+    amp: bool | Literal["auto"] = Field(
+        default=False,
+        description="reduced precision for the training step (mixed precision, float32 "
+        "weights): false; true (bfloat16 on a CPU, float16 on CUDA); or auto, which is true "
+        "where the device computes it natively (a CPU with AVX512-BF16 or AMX, any CUDA "
+        "device) and false elsewhere. Scoring and validation stay float32",
+    )
     channels_last: bool = True
     dense_loss_weight: float = Field(default=1.0, ge=0.0, le=1000.0)
     category_loss_weight: float = Field(default=0.2, ge=0.0, le=1000.0)

@@ -46,7 +46,7 @@ from scanml.checkpoints import (
 from scanml.config import Config, config_from_json
 from scanml.console import epoch_line, interrupted_message, say, start_banner
 from scanml.dataset import assign_splits, load_dataset
-from scanml.device import resolve_device
+from scanml.device import autocast_dtype, resolve_device
 from scanml.losses import DenseTileLoss
 from scanml.metrics import calibrate_threshold
 from scanml.models import DenseLogitNet, ModelBundle, create_model
@@ -196,7 +196,8 @@ def train(
     # A callable object, not a closure: LambdaLR saves its state in the
     # checkpoint, so a resumed run keeps the length a time budget gave it.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp and device.type == "cuda")
+    precision = autocast_dtype(device, config.train.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
 
     # -- resume -------------------------------------------------------------------------
     state = TrainingState()
@@ -238,6 +239,7 @@ def train(
                 "data.n_train": len(train_set),
                 "data.n_val": len(val_set),
                 "distributed.world_size": world.world_size,
+                "train.precision": _precision_name(precision),
             }
         )
         tracker.log_dataset(train_set, name=Path(data_dir).name, context="training")
@@ -254,7 +256,7 @@ def train(
             n_train=len(train_set),
             n_val=len(val_set),
             n_test=len(dataset.split("test")),
-            device=str(device),
+            device=f"{device}, {_precision_name(precision)}",
             epochs=config.train.epochs,
             run_id=state.mlflow_run_id,
             tracking_uri=tracker.tracking_uri,
@@ -440,6 +442,7 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over the epoch's tiles; returns mean losses, tile accuracy and throughput."""
     network.train()
+    precision = autocast_dtype(device, config.train.amp)
     totals: dict[str, float] = {
         "loss": 0.0,
         "tile_loss": 0.0,
@@ -456,11 +459,7 @@ def train_one_epoch(
         targets = {
             key: batch[key].to(device, non_blocking=True) for key in ("label", "mask", "category")
         }
-        with torch.autocast(
-            device.type,
-            dtype=torch.bfloat16 if device.type == "cpu" else torch.float16,
-            enabled=config.train.amp,
-        ):
+        with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
             dense_logits = network(images)
         losses = criterion(dense_logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
@@ -604,6 +603,11 @@ def _parameter_groups(network: nn.Module, weight_decay: float) -> list[dict[str,
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def _precision_name(precision: torch.dtype | None) -> str:
+    """How the training step computes: ``float32``, or ``bfloat16 autocast``..."""
+    return "float32" if precision is None else f"{str(precision).removeprefix('torch.')} autocast"
 
 
 def _seed_everything(seed: int) -> None:
