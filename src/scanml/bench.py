@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from scanml.device import resolve_device
+from scanml.device import autocast_dtype, resolve_device
 
 __all__ = [
     "BenchmarkReport",
@@ -178,15 +178,31 @@ def training_throughput(
     in_channels: int = 1,
     steps: int = 5,
     device: torch.device | str = "cpu",
+    output_stride: int = 32,
+    stages: int | None = None,
+    input_contrast: int | Sequence[int] | None = None,
+    precision: torch.dtype | None = None,
 ) -> tuple[float, float]:
-    """(tiles/s, FLOP/s) of full training steps (forward, backward, AdamW) on random tiles."""
+    """(tiles/s, FLOP/s) of full training steps (forward, backward, AdamW) on random tiles.
+
+    ``precision`` is the autocast dtype the step runs under (None: float32),
+    as :func:`scanml.device.autocast_dtype` resolves ``train.amp``; float16 runs
+    without the gradient scaler training uses (throughput only).
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     from scanml.losses import DenseTileLoss
     from scanml.models import create_model
 
     device = torch.device(device)
-    network = create_model(architecture, in_channels=in_channels, num_categories=4).to(device)
+    network = create_model(
+        architecture,
+        in_channels=in_channels,
+        num_categories=4,
+        output_stride=output_stride,
+        stages=stages,
+        input_contrast=input_contrast,
+    ).to(device)
     network = network.to(memory_format=torch.channels_last)
     criterion = DenseTileLoss(grid=network.grid)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
@@ -199,7 +215,9 @@ def training_throughput(
     }
 
     def step() -> None:
-        losses = criterion(network(images), targets)
+        with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+            logits = network(images)
+        losses = criterion(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()
@@ -318,26 +336,37 @@ def _loader_and_training_section(
             row["tiles_per_s"],
             "tiles/s",
         )
-    tiles_per_s, flops = training_throughput(
-        config.model.architecture,
-        tile_size=config.data.tile_size,
-        batch_size=config.train.batch_size,
-        steps=2 if quick else 5,
-        device=device,
-    )
+    # the default preset's network, in float32 and in the precision train.amp gives here
+    precisions = dict.fromkeys([None, autocast_dtype(device, config.train.amp)])
+    for precision in precisions:
+        tiles_per_s, flops = training_throughput(
+            config.model.architecture,
+            tile_size=config.data.tile_size,
+            batch_size=config.train.batch_size,
+            steps=2 if quick else 5,
+            device=device,
+            in_channels=len(config.model.channels),
+            output_stride=config.model.output_stride,
+            stages=config.model.stages,
+            input_contrast=config.model.input_contrast,
+            precision=precision,
+        )
+        if precision is None:
+            float32_flops = flops
+        name = "float32" if precision is None else str(precision).removeprefix("torch.")
+        report.add(
+            "loader vs model",
+            f"training step, {config.model.architecture}, {name}",
+            tiles_per_s,
+            "tiles/s",
+            "the default preset's network: forward + backward + AdamW",
+        )
     report.add(
         "loader vs model",
-        f"training step, {config.model.architecture}",
-        tiles_per_s,
-        "tiles/s",
-        "forward + backward + AdamW",
-    )
-    report.add(
-        "loader vs model",
-        "training FLOP/s share of matmul",
-        100 * flops / peak,
+        "training FLOP/s share of matmul (float32)",
+        100 * float32_flops / peak,
         "%",
-        f"{flops / 1e9:.1f} GFLOP/s",
+        f"{float32_flops / 1e9:.1f} GFLOP/s",
     )
 
 

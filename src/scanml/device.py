@@ -35,6 +35,8 @@ def autocast_dtype(device: torch.device, amp: bool | str) -> torch.dtype | None:
     (with a gradient scaler) on CUDA; ``"auto"`` is the same where the device computes
     it natively (on a CPU, bfloat16 only with AVX512-BF16 or AMX) and float32 elsewhere.
     """
+    if amp not in (True, False, "auto"):
+        raise ValueError(f"amp is true, false or 'auto', got {amp!r}")
     if amp is False:
         return None
     if device.type == "cuda":
