@@ -227,7 +227,29 @@ def test_calibration_on_enough_clean_scans_is_quiet_and_recorded(recwarn) -> Non
         "calibration_scans": 200,
         "calibration_scans_needed": 100,
         "calibration_supported": True,
+        "calibration_variant_scores": 0,
     }
+
+
+def test_acquisition_variants_join_the_quantile_but_not_the_scan_count() -> None:
+    clean = np.linspace(0.0, 0.5, 30)  # 30 scans: a 1 % threshold is their highest score
+    variants = np.concatenate([np.linspace(0.0, 0.6, 119), [0.9]])  # one far-out redraw
+    with pytest.warns(CalibrationWarning, match="variants refine the quantile"):
+        calibration = calibrate_threshold(clean, 0.01, variant_scores=variants)
+    # 150 scores at 1 %: one may be above, so the second highest (0.6), not 0.5 or 0.9
+    assert calibration.threshold == pytest.approx(0.6)
+    assert not calibration.supported and calibration.n_clean == 30
+    assert calibration.to_metadata()["calibration_variant_scores"] == 120
+    assert "30 clean scans and 120 acquisition variants" in calibration.describe()
+
+
+def test_acquisition_variants_never_lower_the_threshold_below_the_scans_own() -> None:
+    clean = [*np.linspace(0.0, 0.5, 29), 0.9]  # one clean scan scores far out
+    variants = np.linspace(0.0, 0.6, 120)
+    with pytest.warns(CalibrationWarning):
+        calibration = calibrate_threshold(clean, 0.01, variant_scores=variants)
+    # pooled alone, one score may lie above: 0.6 would flag that clean scan (1 in 30)
+    assert calibration.threshold == pytest.approx(0.9)
 
 
 def test_calibration_on_three_clean_scans_warns_and_says_so() -> None:

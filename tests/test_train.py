@@ -25,7 +25,9 @@ SMOKE = CONFIGS / "smoke.yaml"
 
 @pytest.mark.slow
 def test_smoke_training_is_tracked_and_registered(tiny_dataset: Path, mlflow_uri: str) -> None:
-    config = load_config(SMOKE, ["tracking.run_name=smoke-e2e"])
+    config = load_config(
+        SMOKE, ["tracking.run_name=smoke-e2e", "validation.calibration_variants=2"]
+    )
     result = train(config, tiny_dataset, progress=False)
 
     client = MlflowClient(mlflow_uri)
@@ -58,6 +60,8 @@ def test_smoke_training_is_tracked_and_registered(tiny_dataset: Path, mlflow_uri
     assert result.model_uri == f"models:/scanml-smoke/{versions[0].version}"
     assert (result.run_dir / "best.pt").exists() and (result.run_dir / "last.pt").exists()
     assert (result.bundle_dir / "model.safetensors").exists()
+    calibration = json.loads((result.bundle_dir / "model.json").read_text())["metadata"]
+    assert calibration["calibration_variant_scores"] == 2 * calibration["calibration_scans"] > 0
 
 
 @pytest.mark.slow
@@ -216,9 +220,9 @@ def test_train_amp_runs_the_step_in_reduced_precision_on_float32_weights(
         "resnet18", in_channels=1, num_categories=len(config.model.categories), input_contrast=9
     )
     seen: dict[str, torch.dtype] = {}
-    first, second = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)][:2]
-    first.register_forward_hook(lambda _m, _inputs, out: seen.update(input_conv=out.dtype))
-    second.register_forward_hook(lambda _m, _inputs, out: seen.update(conv=out.dtype))
+    input_conv, next_conv = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)][:2]
+    input_conv.register_forward_hook(lambda _m, _inputs, out: seen.update(input_conv=out.dtype))
+    next_conv.register_forward_hook(lambda _m, _inputs, out: seen.update(conv=out.dtype))
     optimizer = torch.optim.AdamW(network.parameters(), lr=2e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
@@ -246,15 +250,83 @@ def test_train_amp_runs_the_step_in_reduced_precision_on_float32_weights(
     assert math.isfinite(last) and last < 0.5 * first
 
 
-def test_amp_auto_is_reduced_precision_only_where_the_device_computes_it() -> None:
-    from scanml.device import autocast_dtype, native_bfloat16
+def test_calibration_variants_redraw_each_clean_scan_through_the_acquisition_chain(
+    tiny_dataset: Path,
+) -> None:
+    """Variants of clean validation scans go through the configured chain, seeded, and
+    never the threat projection: a gain of 1.2 alone raises every score of a model whose
+    logit is the mean attenuation; a chain of no-ops gives back the scans' own scores."""
+    from scanml.data import load_dataset
+    from scanml.validation import load_validation_scans, validate, variant_scores
+    from test_predict import local_mean_bundle
 
+    bundle = local_mean_bundle()
+    still = [
+        "augment.scale=[1.0, 1.0]",
+        "augment.offset=[0.0, 0.0]",
+        "augment.noise=0",
+        "augment.blur=0",
+        "augment.row_streaks=0",
+        "augment.beam_profile=0",
+        "augment.saturation=0",
+        "augment.tip.rate=1.0",  # on in smoke.yaml; variants must never carry a threat
+        "validation.calibration_variants=2",
+    ]
+    config = load_config(SMOKE, [*still, "augment.gain=[1.0, 1.0]"])
+    scans = load_validation_scans(load_dataset(tiny_dataset), config, bundle.preprocessing)
+    cpu = torch.device("cpu")
+    _, predictions = validate(bundle, scans, device=cpu, config=config, progress=False)
+    clean = [p.score for item, p in predictions if item.record.label == 0]
+    assert len(clean) >= 3
+
+    same = variant_scores(bundle, scans, device=cpu, config=config, progress=False)
+    assert same == pytest.approx([score for score in clean for _ in range(2)], abs=1e-6)
+
+    brighter = load_config(SMOKE, [*still, "augment.gain=[1.2, 1.2]"])
+    raised = variant_scores(bundle, scans, device=cpu, config=brighter, progress=False)
+    assert len(raised) == 2 * len(clean)
+    each = [score for score in clean for _ in range(2)]
+    # brighter never scores lower; only a cell already clipped at full scale stays level
+    assert all(up >= own - 1e-6 for up, own in zip(raised, each, strict=True))
+    assert sum(up > own + 1e-4 for up, own in zip(raised, each, strict=True)) > len(each) / 2
+
+    drawn = load_config(SMOKE, ["validation.calibration_variants=2"])  # the whole chain
+    redrawn = variant_scores(bundle, scans, device=cpu, config=drawn, progress=False)
+    assert redrawn == variant_scores(bundle, scans, device=cpu, config=drawn, progress=False)
+    assert redrawn != pytest.approx(same, abs=1e-6)
+    assert (
+        variant_scores(
+            bundle,
+            scans,
+            device=cpu,
+            config=config.model_copy(
+                update={"augment": config.augment.model_copy(update={"enabled": False})}
+            ),
+            progress=False,
+        )
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "auto"),
+    [(True, False, torch.bfloat16), (False, True, torch.bfloat16), (False, False, None)],
+)
+def test_amp_auto_is_reduced_precision_only_where_the_device_computes_it(
+    monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool, auto: torch.dtype | None
+) -> None:
+    from scanml.device import autocast_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype(cpu, "auto") == auto
     assert autocast_dtype(cpu, False) is None and autocast_dtype(cuda, False) is None
-    assert autocast_dtype(cpu, True) == torch.bfloat16
+    assert autocast_dtype(cpu, True) == torch.bfloat16  # forced, native or not
     assert autocast_dtype(cuda, True) == torch.float16 == autocast_dtype(cuda, "auto")
-    assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if native_bfloat16(cpu) else None)
     assert autocast_dtype(torch.device("meta"), "auto") is None
+    with pytest.raises(ValueError, match="true, false or 'auto'"):
+        autocast_dtype(cpu, "sometimes")
 
 
 @pytest.mark.parametrize(

@@ -271,6 +271,18 @@ class ValidationConfig(_Section):
 
     every: int = Field(default=1, ge=1, le=10_000)
     target_far: float = Field(default=0.01, gt=0.0, lt=1.0)
+    calibration_variants: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="the threshold is calibrated on the clean validation scans and this many "
+        "variants of each, redrawn through the training acquisition chain (gain, offset, "
+        "beam profile, streaks, blur, noise, saturation; no flip, no pixel-pitch change, no "
+        "threat projection): a threshold that also holds when the same containers come from "
+        "another scanner. The variants only ever raise it. Ignored, with a warning, when "
+        "augment.enabled is false. Each variant costs one whole-scan scoring at the end "
+        "of the run",
+    )
     region_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     overlays: int = Field(default=4, ge=0, le=1000)
     max_block_pixels: int = Field(default=4_000_000, ge=65_536, le=400_000_000)

@@ -531,6 +531,11 @@ def _describe_calibration(bundle: ModelBundle) -> str:
     return (
         f"threshold {bundle.threshold:.4f} at {meta.get('target_far', math.nan):.2%} FAR on "
         f"{meta.get('calibration_scans', '?')} clean scans"
+        + (
+            f" and {meta['calibration_variant_scores']} acquisition variants of them"
+            if meta.get("calibration_variant_scores")
+            else ""
+        )
     )
 
 

@@ -288,15 +288,19 @@ class ThresholdCalibration:
 
     ``needed`` is the number of clean scans at which the target FAR becomes
     resolvable (``ceil(1 / far)``: one false alarm among them is the target
-    rate); with fewer, ``supported`` is False and the threshold is simply
-    the highest clean score seen, i.e. zero observed false alarms among
-    ``n_clean`` scans, which says little about the rate in service.
+    rate); with fewer, ``supported`` is False and the threshold is the
+    highest clean score seen (or higher, with variants), i.e. zero observed
+    false alarms among ``n_clean`` scans, which says little about the rate
+    in service.
+    ``n_variants`` counts the scores of acquisition variants of those scans
+    that joined the quantile (:func:`calibrate_threshold`).
     """
 
     threshold: float
     target_far: float
     n_clean: int
     needed: int
+    n_variants: int = 0
 
     @property
     def supported(self) -> bool:
@@ -308,12 +312,18 @@ class ThresholdCalibration:
             f"threshold {self.threshold:.4f} calibrated at {self.target_far:.2%} FAR "
             f"on {self.n_clean} clean scans"
         )
+        if self.n_variants:
+            text += f" and {self.n_variants} acquisition variants of them"
         if self.supported:
             return text
+        where = (
+            "the variants refine the quantile, but they redraw the same containers"
+            if self.n_variants
+            else "the threshold is the highest clean score"
+        )
         return (
             f"{text}: too few for that rate (it needs at least {self.needed}); with "
-            f"{self.n_clean} the threshold is the highest clean score, so the false-alarm "
-            "rate in service is not known"
+            f"{self.n_clean} {where}, so the false-alarm rate in service is not known"
         )
 
     def to_metadata(self) -> dict[str, Any]:
@@ -323,13 +333,26 @@ class ThresholdCalibration:
             "calibration_scans": self.n_clean,
             "calibration_scans_needed": self.needed,
             "calibration_supported": self.supported,
+            "calibration_variant_scores": self.n_variants,
         }
 
 
 def calibrate_threshold(
-    clean_scores: ArrayLike, far: float, *, fallback: float = 0.5
+    clean_scores: ArrayLike,
+    far: float,
+    *,
+    fallback: float = 0.5,
+    variant_scores: ArrayLike = (),
 ) -> ThresholdCalibration:
     """The one way scanml sets a model's threshold: :func:`threshold_at_far` on clean scans.
+
+    ``variant_scores`` are scores of the same clean scans redrawn through
+    the acquisition chain (``validation.calibration_variants``): they join
+    the clean scores in the quantile, so the threshold also holds when the
+    containers come from another scanner. They only ever raise it: the
+    threshold is the higher of the quantile on the scans alone and on the
+    scans with their variants. ``supported`` still counts scans, because
+    variants of one container are not independent containers.
 
     Warns (:class:`CalibrationWarning`, also logged) when there are fewer
     than ``ceil(1 / far)`` clean scans, and the result records it
@@ -339,12 +362,21 @@ def calibrate_threshold(
     if not 0.0 < far < 1.0:
         raise ValueError(f"far must be in (0, 1), got {far}")
     clean = np.asarray(clean_scores, dtype=np.float64).ravel()
-    threshold = threshold_at_far(clean, far) if clean.size else float(fallback)
+    variants = np.asarray(variant_scores, dtype=np.float64).ravel()
+    # the variants can only raise the threshold: their count must not buy a clean
+    # scan's own false alarm (30 scans and 120 variants allow one score above at 1 %)
+    pooled = np.concatenate([clean, variants])
+    threshold = (
+        max(threshold_at_far(clean, far), threshold_at_far(pooled, far))
+        if clean.size
+        else float(fallback)
+    )
     calibration = ThresholdCalibration(
         threshold=threshold,
         target_far=far,
         n_clean=int(clean.size),
         needed=math.ceil(1.0 / far - _COUNT_EPS),
+        n_variants=int(variants.size),
     )
     if not calibration.supported:
         message = calibration.describe()

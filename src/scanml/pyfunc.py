@@ -141,6 +141,11 @@ def _default_description(bundle_dir: str | Path, run_id: str) -> str:
     calibrated = (
         f" calibrated at {meta['target_far']:.2%} FAR on {meta.get('calibration_scans', '?')} "
         "clean validation scans"
+        + (
+            f" and {meta['calibration_variant_scores']} acquisition variants of them"
+            if meta.get("calibration_variant_scores")
+            else ""
+        )
         if "target_far" in meta
         else ""
     )

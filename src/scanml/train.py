@@ -62,6 +62,7 @@ from scanml.validation import (
     log_validation_figures,
     mine_hard_negatives,
     validate,
+    variant_scores,
 )
 
 # Names that lived here before the loss, validation, schedule and checkpoints
@@ -518,7 +519,13 @@ def _finish(
         bundle, val_records, device=device, config=config, progress=progress
     )
     clean_scores = [p.score for item, p in predictions if item.record.label == 0]
-    calibration = calibrate_threshold(clean_scores, config.validation.target_far)
+    calibration = calibrate_threshold(
+        clean_scores,
+        config.validation.target_far,
+        variant_scores=variant_scores(
+            bundle, val_records, device=device, config=config, progress=progress
+        ),
+    )
     bundle.threshold = calibration.threshold
     bundle.metadata.update(
         best_epoch=state.best_epoch,

@@ -160,14 +160,19 @@ class EvalTransform:
 
 
 def transform_from_config(
-    config: Config, train_set: ScanDataset, preprocessing: Preprocessing
+    config: Config, train_set: ScanDataset | None, preprocessing: Preprocessing
 ) -> TrainTransform | EvalTransform:
-    """The training transform a configuration asks for (its ``augment`` section), TIP included."""
+    """The training transform a configuration asks for (its ``augment`` section), TIP included.
+
+    ``train_set`` is where threat projection cuts its threats; None when TIP is off.
+    """
     if not config.augment.enabled:
         return EvalTransform()
     augment = config.augment
     tip = None
     if augment.tip.enabled and augment.tip.rate > 0:
+        if train_set is None:
+            raise ValueError("augment.tip needs the training scans to cut threats from")
         tip = ThreatProjector.from_dataset(
             train_set,
             preprocessing,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,6 +35,7 @@ __all__ = [
     "log_validation_figures",
     "mine_hard_negatives",
     "validate",
+    "variant_scores",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,76 @@ def validate(
         predictions.append((item, prediction))
         outcomes.append(ScanOutcome.of(item.record, prediction))
     return compute_metrics(outcomes), predictions
+
+
+def variant_scores(
+    bundle: ModelBundle,
+    scans: Sequence[ValidationScan],
+    *,
+    device: torch.device,
+    config: Config,
+    progress: bool = True,
+) -> list[float]:
+    """Scores of ``validation.calibration_variants`` redraws of each clean validation scan.
+
+    Each variant is the whole prepared scan drawn through the training
+    acquisition chain (``augment``: gain, offset, beam profile, streaks,
+    blur, noise, saturation), so it stays the same clean container seen by
+    another scanner. Not the flip, not the threat projection, and not the
+    pixel-pitch change: on a whole scan that would mirror its edges into
+    the frame, and a scan read at another pitch is resampled to the model's
+    anyway. Seeded by ``config.seed``: a rerun draws the same variants.
+    Empty when the count is 0, and (with a warning) when augmentation is off.
+    """
+    from scanml.tiles import Tile
+    from scanml.transforms import TrainTransform, transform_from_config
+
+    count = config.validation.calibration_variants
+    clean = [item for item in scans if item.record.label == 0]
+    if not count or not clean:
+        return []
+    if not config.augment.enabled:
+        log.warning(
+            "validation.calibration_variants=%d ignored: augment.enabled is false, so "
+            "there is no acquisition chain to redraw the scans through",
+            count,
+        )
+        return []
+    augment = config.augment.model_copy(
+        update={
+            "hflip": 0.0,
+            "scale": (1.0, 1.0),
+            "tip": config.augment.tip.model_copy(update={"enabled": False}),
+        }
+    )
+    transform = transform_from_config(
+        config.model_copy(update={"augment": augment}), None, bundle.preprocessing
+    )
+    if not isinstance(transform, TrainTransform):  # augment.enabled was checked above
+        raise TypeError(f"expected the training transform, got {transform!r}")
+    predictor = Predictor(
+        bundle, device=device, max_block_pixels=config.validation.max_block_pixels
+    )
+    rng = np.random.default_rng([config.seed, 0xCA11B])
+    scores = []
+    jobs = [item for item in clean for _ in range(count)]
+    for item in tqdm(
+        jobs, desc="calibration variants", unit="scan", disable=not progress, leave=False
+    ):
+        prepared = item.prepared
+        tile = Tile(
+            image=prepared.image,
+            mask=np.zeros(prepared.image.shape[1:], dtype=np.float32),
+            label=0,
+            category=-1,
+            scan_id=prepared.scan_id,
+            source="random",
+            y0=0,
+            x0=0,
+        )
+        image = transform(tile, rng).image
+        scores.append(predictor.predict_prepared(replace(prepared, image=image)).score)
+    return scores
 
 
 def mine_hard_negatives(
