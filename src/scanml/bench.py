@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from scanml.device import autocast_dtype, resolve_device
+from scanml.device import autocast_dtype, precision_name, resolve_device
 
 __all__ = [
     "BenchmarkReport",
@@ -353,7 +353,7 @@ def _loader_and_training_section(
         )
         if precision is None:
             float32_flops = flops
-        name = "float32" if precision is None else str(precision).removeprefix("torch.")
+        name = precision_name(precision)
         report.add(
             "loader vs model",
             f"training step, {config.model.architecture}, {name}",

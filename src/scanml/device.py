@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["autocast_dtype", "native_bfloat16", "resolve_device"]
+__all__ = ["autocast_dtype", "native_bfloat16", "precision_name", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -44,3 +44,8 @@ def autocast_dtype(device: torch.device, amp: bool | str) -> torch.dtype | None:
     if device.type == "cpu" and (amp is True or native_bfloat16(device)):
         return torch.bfloat16
     return None
+
+
+def precision_name(precision: torch.dtype | None) -> str:
+    """``float32`` for None, else the dtype's name (``bfloat16``, ``float16``)."""
+    return "float32" if precision is None else str(precision).removeprefix("torch.")

@@ -43,6 +43,7 @@ from scanml.metrics import (
     ThresholdCalibration,
     calibrate_threshold,
     compute_metrics,
+    variants_phrase,
 )
 from scanml.models import ModelBundle
 from scanml.predict import Predictor
@@ -531,11 +532,7 @@ def _describe_calibration(bundle: ModelBundle) -> str:
     return (
         f"threshold {bundle.threshold:.4f} at {meta.get('target_far', math.nan):.2%} FAR on "
         f"{meta.get('calibration_scans', '?')} clean scans"
-        + (
-            f" and {meta['calibration_variant_scores']} acquisition variants of them"
-            if meta.get("calibration_variant_scores")
-            else ""
-        )
+        + variants_phrase(meta.get("calibration_variant_scores", 0))
     )
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "detection_rate_at_far",
     "false_alarm_rate_at_detection_rate",
     "threshold_at_far",
+    "variants_phrase",
 ]
 
 Box = tuple[float, float, float, float]
@@ -312,8 +313,7 @@ class ThresholdCalibration:
             f"threshold {self.threshold:.4f} calibrated at {self.target_far:.2%} FAR "
             f"on {self.n_clean} clean scans"
         )
-        if self.n_variants:
-            text += f" and {self.n_variants} acquisition variants of them"
+        text += variants_phrase(self.n_variants)
         if self.supported:
             return text
         where = (
@@ -335,6 +335,12 @@ class ThresholdCalibration:
             "calibration_supported": self.supported,
             "calibration_variant_scores": self.n_variants,
         }
+
+
+def variants_phrase(n_variants: int) -> str:
+    """`` and N acquisition variants of them`` (empty without variants): how every
+    description of a calibration names them."""
+    return f" and {n_variants} acquisition variants of them" if n_variants else ""
 
 
 def calibrate_threshold(

@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
+from scanml.metrics import variants_phrase
 from scanml.models import ModelBundle
 from scanml.predict import Predictor
 from scanml.scoring import SCORES_SCHEMA, score_paths
@@ -140,12 +141,7 @@ def _default_description(bundle_dir: str | Path, run_id: str) -> str:
     meta = bundle.metadata
     calibrated = (
         f" calibrated at {meta['target_far']:.2%} FAR on {meta.get('calibration_scans', '?')} "
-        "clean validation scans"
-        + (
-            f" and {meta['calibration_variant_scores']} acquisition variants of them"
-            if meta.get("calibration_variant_scores")
-            else ""
-        )
+        "clean validation scans" + variants_phrase(meta.get("calibration_variant_scores", 0))
         if "target_far" in meta
         else ""
     )

@@ -46,7 +46,7 @@ from scanml.checkpoints import (
 from scanml.config import Config, config_from_json
 from scanml.console import epoch_line, interrupted_message, say, start_banner
 from scanml.dataset import assign_splits, load_dataset
-from scanml.device import autocast_dtype, resolve_device
+from scanml.device import autocast_dtype, precision_name, resolve_device
 from scanml.losses import DenseTileLoss
 from scanml.metrics import calibrate_threshold
 from scanml.models import DenseLogitNet, ModelBundle, create_model
@@ -614,7 +614,7 @@ def _parameter_groups(network: nn.Module, weight_decay: float) -> list[dict[str,
 
 def _precision_name(precision: torch.dtype | None) -> str:
     """How the training step computes: ``float32``, or ``bfloat16 autocast``..."""
-    return "float32" if precision is None else f"{str(precision).removeprefix('torch.')} autocast"
+    return precision_name(precision) + ("" if precision is None else " autocast")
 
 
 def _seed_everything(seed: int) -> None:
