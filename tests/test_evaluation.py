@@ -10,10 +10,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TrainedModel
+from conftest import CONFIGS, TrainedModel
+from scanml.config import load_config
 from scanml.data import assign_splits, load_dataset
 from scanml.evaluation import evaluate, model_split
 from scanml.models import ModelBundle
+from scanml.validation import calibration_chain
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +90,45 @@ def test_calibration_stores_the_threshold_in_a_local_model(
     assert stored.metadata["target_far"] == 0.5
     assert stored.metadata["calibration_scans_needed"] == 2
     assert stored.metadata["calibration_supported"] is (stored.metadata["calibration_scans"] >= 2)
+
+
+def test_recalibration_redraws_the_clean_scans_through_the_model_acquisition_chain(
+    trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_model.tracking_uri)
+    bundle = ModelBundle.load(trained_model.bundle_dir)
+    bundle.metadata["calibration_chain"] = calibration_chain(load_config(CONFIGS / "smoke.yaml"))
+    thresholds = {}
+    for variants in (0, 2):
+        model = tmp_path / f"model-{variants}"
+        bundle.save(model)
+        report = evaluate(
+            str(model),
+            trained_model.data_dir,
+            split="val",
+            calibrate_far=0.1,
+            calibration_variants=variants,
+            progress=False,
+        )
+        stored = ModelBundle.load(model).metadata
+        assert stored["calibration_variant_scores"] == variants * stored["calibration_scans"]
+        thresholds[variants] = report.threshold
+    assert stored["calibration_scans"] > 0
+    assert thresholds[2] >= thresholds[0]  # the variants only ever raise the threshold
+
+    # A model from before the chain was recorded: scans alone, unless variants are asked for.
+    del bundle.metadata["calibration_chain"]
+    bundle.save(old := tmp_path / "old")
+    evaluate(str(old), trained_model.data_dir, split="val", calibrate_far=0.1, progress=False)
+    assert ModelBundle.load(old).metadata["calibration_variant_scores"] == 0
+    with pytest.raises(ValueError, match="records no acquisition chain"):
+        evaluate(
+            str(old),
+            trained_model.data_dir,
+            calibrate_far=0.1,
+            calibration_variants=2,
+            progress=False,
+        )
 
 
 def _without_split_column(dataset: Path, copy: Path) -> Path:

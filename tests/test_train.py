@@ -62,6 +62,9 @@ def test_smoke_training_is_tracked_and_registered(tiny_dataset: Path, mlflow_uri
     assert (result.bundle_dir / "model.safetensors").exists()
     calibration = json.loads((result.bundle_dir / "model.json").read_text())["metadata"]
     assert calibration["calibration_variant_scores"] == 2 * calibration["calibration_scans"] > 0
+    chain = calibration["calibration_chain"]  # what evaluate --calibrate-far redraws through
+    assert chain["variants"] == 2 and chain["seed"] == 0
+    assert chain["augment"] == load_config(SMOKE).augment.model_dump(mode="json")
 
 
 @pytest.mark.slow

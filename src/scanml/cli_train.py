@@ -111,6 +111,15 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
         help="recalibrate the threshold on the val split at this false-alarm rate and store it",
     )
     p.add_argument(
+        "--calibration-variants",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --calibrate-far: redraws of each clean val scan through the model's "
+        "acquisition chain that the threshold must also hold on (default: as many as the "
+        "model was trained with; 0: the scans alone)",
+    )
+    p.add_argument(
         "--calibrate-on",
         default=None,
         metavar="SITE",
@@ -129,6 +138,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     check_dataset(args.data, "--data")
     if args.calibrate_far is not None and not 0.0 < args.calibrate_far < 1.0:
         raise UserFacingError(f"--calibrate-far {args.calibrate_far}: must be in (0, 1)")
+    if args.calibration_variants is not None:
+        if args.calibrate_far is None:
+            raise UserFacingError("--calibration-variants needs --calibrate-far")
+        if not 0 <= args.calibration_variants <= 64:
+            raise UserFacingError(
+                f"--calibration-variants {args.calibration_variants}: must be 0 to 64"
+            )
     if args.out is not None:
         check_writable(args.out, "--out")
     from scanml.registry import resolve_model
@@ -144,6 +160,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             out_dir=args.out,
             calibrate_far=args.calibrate_far,
             calibrate_on=args.calibrate_on,
+            calibration_variants=args.calibration_variants,
             experiment=args.experiment,
             device=args.device,
             overlays=args.overlays,

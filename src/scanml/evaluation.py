@@ -22,7 +22,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from scanml.config import DataConfig
 from scanml.cross_site import CrossSiteTable, cross_site_table
-from scanml.dataset import ScanRecord, assign_splits, load_dataset
+from scanml.dataset import ScanDataset, ScanRecord, assign_splits, load_dataset
 from scanml.fsutil import write_atomically, write_text_atomically
 from scanml.io import ScanReadError, read_scan
 from scanml.metrics import (
@@ -50,6 +50,7 @@ from scanml.predict import Predictor
 from scanml.pyfunc import log_model
 from scanml.registry import ResolvedModel, resolve_model
 from scanml.tracking import Tracker, resolve_tracking_uri, run_tags
+from scanml.validation import chain_config, load_validation_scans, variant_scores
 
 __all__ = ["EvaluationReport", "SplitSource", "evaluate", "model_split"]
 
@@ -158,6 +159,7 @@ def evaluate(
     out_dir: str | Path | None = None,
     calibrate_far: float | None = None,
     calibrate_on: str | None = None,
+    calibration_variants: int | None = None,
     experiment: str = "scanml-evaluation",
     device: str = "auto",
     progress: bool = True,
@@ -169,7 +171,10 @@ def evaluate(
     With ``calibrate_far`` the threshold is first recalibrated on the clean
     scans of the ``val`` split at that false-alarm rate and stored with the
     model (a local folder is rewritten; an MLflow model gets a new registered
-    version carrying the new threshold). ``overlays``: how many overlays
+    version carrying the new threshold). As in training, the clean scans are
+    also redrawn through the model's acquisition chain
+    (``validation.calibration_variants``, recorded in its bundle);
+    ``calibration_variants`` overrides their count (0: none). ``overlays``: how many overlays
     (highest scores first, then missed anomalous scans) to draw with the
     annotated boxes beside the prediction.
 
@@ -216,7 +221,13 @@ def evaluate(
             raise ValueError(
                 f"{data_dir}: no clean scans in the val split to calibrate the threshold on"
             )
-        calibration = calibrate_threshold(clean, calibrate_far)
+        calibration = calibrate_threshold(
+            clean,
+            calibrate_far,
+            variant_scores=_variant_scores(
+                bundle, dataset, predictor, calibration_variants, progress
+            ),
+        )
         bundle.threshold = calibration.threshold
         bundle.metadata.update(calibration.to_metadata())
 
@@ -366,6 +377,23 @@ def _score_records(
             continue
         outcomes.append(ScanOutcome.of(record, predictor.predict(scan)))
     return outcomes, failed
+
+
+def _variant_scores(
+    bundle: ModelBundle,
+    dataset: ScanDataset,
+    predictor: Predictor,
+    variants: int | None,
+    progress: bool,
+) -> list[float]:
+    """Scores of the val split's clean scans redrawn through the model's acquisition chain."""
+    config = chain_config(bundle, variants)
+    if config is None:
+        return []
+    val = dataset.split("val")
+    clean = replace(val, records=[r for r in val.records if r.label == 0])
+    scans = load_validation_scans(clean, config, bundle.preprocessing)
+    return variant_scores(bundle, scans, device=predictor.device, config=config, progress=progress)
 
 
 def _write_report(

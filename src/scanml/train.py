@@ -58,6 +58,7 @@ from scanml.tracking import Tracker, resolve_tracking_uri, run_tags
 from scanml.transforms import transform_from_config
 from scanml.validation import (
     ValidationScan,
+    calibration_chain,
     load_validation_scans,
     log_validation_figures,
     mine_hard_negatives,
@@ -538,6 +539,8 @@ def _finish(
             "seed": config.seed,
             "digest": split_digest,
         },
+        # evaluate --calibrate-far redraws the clean scans through the same chain
+        calibration_chain=calibration_chain(config),
     )
     if config.model.weights:
         bundle.metadata["parent"] = str(config.model.weights)

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ValidationScan",
+    "calibration_chain",
+    "chain_config",
     "load_validation_scans",
     "log_validation_figures",
     "mine_hard_negatives",
@@ -141,6 +143,48 @@ def variant_scores(
         image = transform(tile, rng).image
         scores.append(predictor.predict_prepared(replace(prepared, image=image)).score)
     return scores
+
+
+def calibration_chain(config: Config) -> dict[str, object]:
+    """What a model bundle records so that its threshold can be recalibrated later
+    (``scanml evaluate --calibrate-far``) on the same acquisition variants:
+    their count, their seed and the ``augment`` section they are drawn from."""
+    return {
+        "variants": config.validation.calibration_variants,
+        "seed": config.seed,
+        "augment": config.augment.model_dump(mode="json"),
+    }
+
+
+def chain_config(bundle: ModelBundle, variants: int | None = None) -> Config | None:
+    """The configuration :func:`variant_scores` needs to redraw clean scans as the model's
+    training did, from the chain its bundle records (:func:`calibration_chain`).
+
+    ``variants`` None takes the count the model was trained with; 0 turns
+    the variants off. None is returned when there are none to draw. Raises
+    ValueError when variants are asked for and the model records no chain
+    (a model trained before it was recorded).
+    """
+    if variants is not None and variants < 0:
+        raise ValueError(f"calibration variants must be 0 or more, got {variants}")
+    chain = bundle.metadata.get("calibration_chain")
+    if not isinstance(chain, dict):
+        if variants:
+            raise ValueError(
+                "this model records no acquisition chain to redraw its calibration scans "
+                "through (trained before scanml recorded one): calibrate without variants"
+            )
+        return None
+    count = int(chain.get("variants", 0)) if variants is None else variants
+    if not count:
+        return None
+    return Config.model_validate(
+        {
+            "seed": chain.get("seed", 0),
+            "augment": chain.get("augment", {}),
+            "validation": {"calibration_variants": count},
+        }
+    )
 
 
 def mine_hard_negatives(
