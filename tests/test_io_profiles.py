@@ -86,6 +86,23 @@ def test_air_at_80_percent_with_a_4_percent_beam_profile_reads_true_attenuation(
     assert np.abs(naive.attenuation[0] - truth)[truth == 0].min() > 0.18  # -ln(0.832)
 
 
+def test_air_columns_crossed_by_a_chassis_still_give_the_open_beam(tmp_path: Path) -> None:
+    # A container on a trailer: in front of and behind it the columns are air but for
+    # the chassis in their bottom rows. In those rows most air columns are chassis, and
+    # a per-row median over the columns read the chassis as the open beam ("no open beam").
+    truth = container_scene()
+    truth[110:, 10:190] = 3.0  # 10 of 120 rows: those columns still count as air
+    path = write_scan(
+        stored_as_scanner(truth, beam(truth.shape[0])), tmp_path / "trailer.dcm", encoding="LIN"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScanAssumptionWarning)
+        scan = read_scan(path, spacing_mm=5.0, profiles=NO_PROFILES)
+    assert np.abs(scan.attenuation[0] - truth).max() <= 0.02
+    (channel,) = scan.meta["open_beam"]["channels"]
+    assert channel["air_transmission_min"] == pytest.approx(0.8, abs=0.005)
+
+
 def test_a_profile_gives_the_open_beam_level(tmp_path: Path) -> None:
     truth = container_scene()
     flat = np.full(truth.shape[0], 0.8)

@@ -104,9 +104,19 @@ def _air_levels(channel: np.ndarray) -> tuple[np.ndarray | None, str]:
     is_air = sampled <= floor + AIR_TOLERANCE
     air_columns = np.flatnonzero(is_air.mean(axis=0) >= AIR_SHARE)
     if air_columns.size >= MIN_AIR_COLUMNS:
-        per_row = np.median(sampled[:, air_columns], axis=1)
-        size = min(5, per_row.size)
-        return median_filter(per_row, size=size, mode="nearest"), "air columns"
+        # An air column may cross a chassis, a wheel or a drawbar in a few rows (the
+        # columns in front of and behind a container on a trailer): in a row where
+        # most air columns do, their median is the chassis. Each row's level is the
+        # median of the pixels that are air there; a row with too few takes its
+        # neighbours' (interpolated).
+        air = is_air[:, air_columns]
+        usable = air.sum(axis=1) >= MIN_AIR_COLUMNS
+        if usable.any():
+            values = np.where(air, sampled[:, air_columns], np.nan)
+            rows = np.arange(sampled.shape[0])
+            per_row = np.interp(rows, rows[usable], np.nanmedian(values[usable], axis=1))
+            size = min(5, per_row.size)
+            return median_filter(per_row, size=size, mode="nearest"), "air columns"
     air_rows = np.flatnonzero(is_air.mean(axis=1) >= AIR_SHARE)
     if air_rows.size:
         level = float(np.median(sampled[air_rows]))
