@@ -90,6 +90,69 @@ def test_a_dual_energy_scans_partner_file_gets_no_row_of_its_own(tmp_path: Path)
     assert table["error"].isna().all()
 
 
+def test_a_low_energy_file_that_arrives_first_waits_for_its_high_energy_file(
+    tmp_path: Path,
+) -> None:
+    """A scanner may write x.low.dcm before x.dcm: it is not a scan of its own, unless x.dcm
+    never comes (then it is scored alone after --partner-wait)."""
+    model = ModelBundle(
+        network=create_model("resnet18", 1, None),
+        architecture="resnet18",
+        preprocessing=Preprocessing(channels=("high",), spacing_mm=16.0),
+        class_names=["drugs", "weapon", "cigarettes", "other"],
+        threshold=0.5,
+        region_threshold=0.5,
+    ).save(tmp_path / "model")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    attenuation = np.random.default_rng(0).gamma(2.0, 1.0, size=(2, 200, 400)).astype(np.float32)
+    for name in ("d", "e"):
+        scan = Scan(attenuation, (4.0, 4.0), ["high", "low"], {"scan_id": name})
+        write_scan(scan, staging / f"{name}.dcm")
+
+    def serve(inbox: Path, out: Path, partner_wait_s: float, steps: Callable[[], None]) -> None:
+        stop = threading.Event()
+        kwargs = {"poll_s": 0.05, "settle_s": 0, "status_port": None, "device": "cpu"}
+        service = threading.Thread(
+            target=watch,
+            args=(str(model), inbox, out),
+            kwargs={**kwargs, "partner_wait_s": partner_wait_s, "stop": stop},
+        )
+        service.start()
+        try:
+            steps()
+        finally:
+            stop.set()
+            service.join()
+
+    def until(out: Path, path: Path) -> None:
+        deadline = time.monotonic() + _TIMEOUT_S
+        while str(path) not in {row.path for row in committed_rows(out)}:
+            assert time.monotonic() < deadline, f"watch did not score {path.name}"
+            time.sleep(0.05)
+
+    inbox, out = tmp_path / "inbox", tmp_path / "scores.parquet"
+    inbox.mkdir()
+    (staging / "d.low.dcm").rename(inbox / "d.low.dcm")  # the low-energy file first
+    write_scan(Scan(attenuation[:1], (4.0, 4.0), ["high"], {"scan_id": "s"}), inbox / "s.dcm")
+
+    def high_energy_file_later() -> None:
+        until(out, inbox / "s.dcm")  # listed after d.low.dcm, which waits
+        (staging / "d.dcm").rename(inbox / "d.dcm")
+        until(out, inbox / "d.dcm")
+
+    serve(inbox, out, _TIMEOUT_S, high_energy_file_later)
+    table = pd.read_parquet(out)
+    assert sorted(table["path"]) == [str(inbox / "d.dcm"), str(inbox / "s.dcm")]
+    assert table["error"].isna().all()
+
+    alone, out = tmp_path / "alone", tmp_path / "alone.parquet"
+    alone.mkdir()
+    (staging / "e.low.dcm").rename(alone / "e.low.dcm")  # its x.dcm never comes
+    serve(alone, out, 0.5, lambda: until(out, alone / "e.low.dcm"))
+    assert list(pd.read_parquet(out)["path"]) == [str(alone / "e.low.dcm")]
+
+
 @pytest.mark.slow
 def test_sigkilled_three_times_while_scans_arrive_every_scan_is_scored_once(
     trained_model, tmp_path: Path

@@ -73,6 +73,14 @@ def add_watch(commands: argparse._SubParsersAction) -> None:
         help="a folder's file is taken once unchanged this long (default 1)",
     )
     p.add_argument(
+        "--partner-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long a dual-energy scan's low-energy file (x.low.dcm) that arrives first "
+        "waits for its x.dcm before it is scored alone (default 60)",
+    )
+    p.add_argument(
         "--status-port",
         type=int,
         default=DEFAULT_STATUS_PORT,
@@ -92,10 +100,11 @@ def run_watch(args: argparse.Namespace) -> int:
     _check_urls(args.input, args.tdr_to)
     if not is_dicomweb_url(args.input) and not Path(args.input).is_dir():
         raise UserFacingError(f"--input {args.input}: not a folder and not a dicomweb:// URL")
-    for name in ("poll", "settle"):
+    for name in ("poll", "settle", "partner_wait"):
         value = getattr(args, name)
         if not 0 <= value < float("inf"):
-            raise UserFacingError(f"--{name} {value}: must be a number of seconds >= 0")
+            flag = name.replace("_", "-")
+            raise UserFacingError(f"--{flag} {value}: must be a number of seconds >= 0")
     if not -1 <= args.status_port <= 65535:
         raise UserFacingError(f"--status-port {args.status_port}: not a port (0-65535, or -1)")
     try:
@@ -109,6 +118,7 @@ def run_watch(args: argparse.Namespace) -> int:
             spool=args.spool,
             poll_s=args.poll,
             settle_s=args.settle,
+            partner_wait_s=args.partner_wait,
             status_port=None if args.status_port == -1 else args.status_port,
             device=args.device,
             threshold=args.threshold,

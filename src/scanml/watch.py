@@ -18,7 +18,10 @@ committed, through a ledger (:class:`scanml.dicomweb.ReportPublisher`).
 Files in a watched folder are taken once their size and modification time
 have held still for ``settle_s`` seconds, so a file still being copied is
 not read half-written (writers that rename a finished file into place
-need no wait at all; names starting with a dot are never taken).
+need no wait at all; names starting with a dot are never taken). A
+dual-energy scan's low-energy file ``x.low.dcm`` is read with ``x.dcm``;
+one that arrives first waits up to ``partner_wait_s`` for it, and is
+scored alone (with a warning) only if it never comes.
 
 SIGTERM (or Ctrl-C) lets the scan in hand finish, then the service exits
 with status 0. A store that goes away (refused, timed out, 5xx) is
@@ -61,7 +64,7 @@ from scanml.dicomweb import (
     is_dicomweb_url,
     remove_scored,
 )
-from scanml.io import SUPPORTED_SUFFIXES, is_energy_partner
+from scanml.io import SUPPORTED_SUFFIXES, high_energy_file, is_energy_partner
 
 __all__ = ["DEFAULT_STATUS_PORT", "WatchStatus", "watch"]
 
@@ -152,6 +155,7 @@ def watch(
     spool: str | os.PathLike[str] | None = None,
     poll_s: float = 1.0,
     settle_s: float = 1.0,
+    partner_wait_s: float = 60.0,
     status_port: int | None = DEFAULT_STATUS_PORT,
     device: str = "auto",
     threshold: float | None = None,
@@ -164,7 +168,9 @@ def watch(
     plus, with ``tdr_to``, each report stored in that DICOMweb store (the
     report files then default to ``<out>.tdr/``). Scans from a store wait
     in ``spool`` (default ``<out>.spool/``) until their row is committed.
-    ``poll_s``: seconds between looks at the source. ``status_port``: the
+    ``poll_s``: seconds between looks at the source. ``partner_wait_s``:
+    how long a folder's low-energy file waits for its high-energy file
+    before it is scored alone. ``status_port``: the
     status endpoint on 127.0.0.1 (0: any free port; None: none).
     ``workers``: decoding processes per scan (0: in this process). Returns
     when ``stop`` is set, or on SIGTERM/SIGINT when run in the main thread;
@@ -177,7 +183,15 @@ def watch(
     if tdr_to is not None and tdr is None:
         tdr = out.with_name(f"{out.name}.tdr")
     status = WatchStatus(source=str(source), out=str(out))
-    inbox = _inbox_for(source, out, spool=spool, settle_s=settle_s, overlays=overlays, tdr=tdr)
+    inbox = _inbox_for(
+        source,
+        out,
+        spool=spool,
+        settle_s=settle_s,
+        partner_wait_s=partner_wait_s,
+        overlays=overlays,
+        tdr=tdr,
+    )
     publisher = ReportPublisher(DicomwebStore(tdr_to), out) if tdr_to is not None else None
     scorer = _OneScanScorer(
         model_uri=model_uri,
@@ -343,6 +357,7 @@ def _inbox_for(
     *,
     spool: str | os.PathLike[str] | None,
     settle_s: float,
+    partner_wait_s: float = 60.0,
     overlays: str | os.PathLike[str] | None,
     tdr: str | os.PathLike[str] | None,
 ) -> _FolderInbox | _StoreInbox:
@@ -353,7 +368,12 @@ def _inbox_for(
     if not folder.is_dir():
         raise FileNotFoundError(f"{source}: not a folder (watch takes a folder or dicomweb://...)")
     outputs = [Path(os.path.abspath(d)) for d in (overlays, tdr) if d is not None]
-    return _FolderInbox(Path(os.path.abspath(folder)), settle_s=settle_s, outputs=outputs)
+    return _FolderInbox(
+        Path(os.path.abspath(folder)),
+        settle_s=settle_s,
+        outputs=outputs,
+        partner_wait_s=partner_wait_s,
+    )
 
 
 @dataclass
@@ -363,9 +383,11 @@ class _FolderInbox:
     folder: Path
     settle_s: float
     outputs: list[Path]
+    partner_wait_s: float = 60.0
     first_seen: dict[Any, float] = field(default_factory=dict)
     _sizes: dict[Path, tuple[int, int]] = field(default_factory=dict)
     _partners: set[Path] = field(default_factory=set)
+    _high_energy: dict[Path, Path | None] = field(default_factory=dict)
 
     def arrivals(self, done: set[str]) -> list[Path]:
         now = time.monotonic()
@@ -382,6 +404,8 @@ class _FolderInbox:
             if is_energy_partner(path):  # x.low.dcm is read with x.dcm, as `scanml score` does
                 self._partners.add(path)
                 continue
+            if self._awaits_high_energy(path, now):
+                continue
             try:
                 stat = path.stat()
             except FileNotFoundError:
@@ -395,6 +419,30 @@ class _FolderInbox:
             if still or time.time() - stat.st_mtime >= self.settle_s:
                 ready.append(path)
         return ready
+
+    def _awaits_high_energy(self, path: Path, now: float) -> bool:
+        """Whether ``path`` is a low-energy file still waiting for its high-energy file.
+
+        A scanner may write ``x.low.dcm`` before ``x.dcm``; scored then, it
+        would be a scan of its own. After ``partner_wait_s`` it is scored
+        alone, with a warning.
+        """
+        if path not in self._high_energy:  # a header read, once per file
+            self._high_energy[path] = high_energy_file(path)
+        high = self._high_energy[path]
+        if high is None:
+            return False
+        waited = now - self.first_seen.setdefault(path, now)
+        if waited < self.partner_wait_s:
+            return True
+        log.warning(
+            "%s: its high-energy file %s did not come within %.0f s: scored alone",
+            path,
+            high.name,
+            self.partner_wait_s,
+        )
+        self._high_energy[path] = None  # warned once
+        return False
 
     def take(self, path: Path, status: WatchStatus) -> Path | None:
         self._sizes.pop(path, None)

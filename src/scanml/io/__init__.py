@@ -6,7 +6,7 @@ pixel grid and raises only :class:`ScanReadError`; see
 """
 
 from scanml.io.dicom import ScanAssumptionWarning
-from scanml.io.dicos import is_energy_partner
+from scanml.io.dicos import high_energy_file, is_energy_partner
 from scanml.io.errors import ScanReadError
 from scanml.io.files import DEFAULT_MAX_BYTES, SUPPORTED_SUFFIXES, read_scan, write_scan
 from scanml.io.scan import Scan
@@ -17,6 +17,7 @@ __all__ = [
     "Scan",
     "ScanAssumptionWarning",
     "ScanReadError",
+    "high_energy_file",
     "is_energy_partner",
     "read_scan",
     "write_scan",

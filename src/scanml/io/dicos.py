@@ -88,8 +88,24 @@ def is_energy_partner(path: str | os.PathLike[str]) -> bool:
     stem, dot, _ = path.stem.rpartition(".")
     if not dot or not (path.parent / f"{stem}{path.suffix}").is_file():
         return False
+    return high_energy_file(path) is not None
+
+
+def high_energy_file(path: str | os.PathLike[str]) -> Path | None:
+    """The file ``x.dcm`` that a low-energy file ``x.<anything>.dcm`` is read with, whether
+    or not it is there yet; None for any other file (its header is read to tell).
+
+    A service watching a folder waits for it: a scanner may write the
+    low-energy file first.
+    """
+    path = Path(path)
+    stem, dot, _ = path.stem.rpartition(".")
+    if not dot:
+        return None
     header = _header(path)
-    return header is not None and energy_of(header) == "LOW ENERGY"
+    if header is None or energy_of(header) != "LOW ENERGY":
+        return None
+    return path.parent / f"{stem}{path.suffix}"
 
 
 def _header(path: Path) -> Dataset | None:
