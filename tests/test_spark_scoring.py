@@ -113,8 +113,19 @@ def test_spark_job_killed_and_rerun_scores_each_scan_once_like_scanml_score(
     spark_rows = pq.read_table(out).drop_columns(["seconds"]).to_pylist()
     local_rows = pq.read_table(tmp_path / "local.parquet").drop_columns(["seconds"]).to_pylist()
     assert len({row["path"] for row in spark_rows}) == len(spark_rows) == n_scans
-    assert [_rounded(row) for row in spark_rows] == [_rounded(row) for row in local_rows]
+    assert [_comparable(row) for row in spark_rows] == [_comparable(row) for row in local_rows]
     assert not parts.exists()
+
+
+def _comparable(row: dict) -> dict:
+    """A row up to float noise. A scan scored at the threshold itself (the clean validation
+    scan that set it) may fall on either side with another thread count: its flag and
+    regions are left out."""
+    row = _rounded(row)
+    score, threshold = row["score"], row["threshold"]
+    if score is not None and threshold is not None and abs(score - threshold) <= 1e-5:
+        row = {k: v for k, v in row.items() if k not in ("flagged", "regions")}
+    return row
 
 
 def _rounded(value):
