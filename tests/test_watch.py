@@ -54,16 +54,21 @@ def test_watch_refuses_a_missing_folder_in_one_line(
     )
 
 
-def test_a_dual_energy_scans_partner_file_gets_no_row_of_its_own(tmp_path: Path) -> None:
-    """x.low.dcm is read with x.dcm: the scan gets one row, as `scanml score` gives it."""
-    model = ModelBundle(
+def _untrained_model(folder: Path) -> Path:
+    """An untrained resnet18 bundle at 16 mm per pixel: real weights files, real loading."""
+    return ModelBundle(
         network=create_model("resnet18", 1, None),
         architecture="resnet18",
         preprocessing=Preprocessing(channels=("high",), spacing_mm=16.0),
         class_names=["drugs", "weapon", "cigarettes", "other"],
         threshold=0.5,
         region_threshold=0.5,
-    ).save(tmp_path / "model")
+    ).save(folder)
+
+
+def test_a_dual_energy_scans_partner_file_gets_no_row_of_its_own(tmp_path: Path) -> None:
+    """x.low.dcm is read with x.dcm: the scan gets one row, as `scanml score` gives it."""
+    model = _untrained_model(tmp_path / "model")
     inbox, out = tmp_path / "inbox", tmp_path / "scores.parquet"
     inbox.mkdir()
     attenuation = np.random.default_rng(0).gamma(2.0, 1.0, size=(2, 200, 400)).astype(np.float32)
@@ -95,14 +100,7 @@ def test_a_low_energy_file_that_arrives_first_waits_for_its_high_energy_file(
 ) -> None:
     """A scanner may write x.low.dcm before x.dcm: it is not a scan of its own, unless x.dcm
     never comes (then it is scored alone after --partner-wait)."""
-    model = ModelBundle(
-        network=create_model("resnet18", 1, None),
-        architecture="resnet18",
-        preprocessing=Preprocessing(channels=("high",), spacing_mm=16.0),
-        class_names=["drugs", "weapon", "cigarettes", "other"],
-        threshold=0.5,
-        region_threshold=0.5,
-    ).save(tmp_path / "model")
+    model = _untrained_model(tmp_path / "model")
     staging = tmp_path / "staging"
     staging.mkdir()
     attenuation = np.random.default_rng(0).gamma(2.0, 1.0, size=(2, 200, 400)).astype(np.float32)
