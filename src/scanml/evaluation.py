@@ -32,7 +32,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from tqdm.auto import tqdm
 
-from scanml.config import DataConfig
+from scanml.config import Config, DataConfig
 from scanml.cross_site import CrossSiteTable, cross_site_table
 from scanml.dataset import ScanDataset, ScanRecord, assign_splits, load_dataset
 from scanml.fsutil import write_atomically, write_text_atomically
@@ -213,21 +213,13 @@ def evaluate(
 
     calibration = None
     if calibrate_far is not None:
-        val_outcomes, _ = _score_records(
-            predictor, dataset.split("val").records, "calibration", progress
+        calibration = _calibrate(
+            bundle, dataset, predictor, calibrate_far, calibration_variants, progress
         )
-        clean = [o.score for o in val_outcomes if o.label == 0]
-        if not clean:
+        if calibration is None:
             raise ValueError(
                 f"{data_dir}: no clean scans in the val split to calibrate the threshold on"
             )
-        calibration = calibrate_threshold(
-            clean,
-            calibrate_far,
-            variant_scores=_variant_scores(
-                bundle, dataset, predictor, calibration_variants, progress
-            ),
-        )
         bundle.threshold = calibration.threshold
         bundle.metadata.update(calibration.to_metadata())
 
@@ -379,21 +371,37 @@ def _score_records(
     return outcomes, failed
 
 
-def _variant_scores(
+def _calibrate(
     bundle: ModelBundle,
     dataset: ScanDataset,
     predictor: Predictor,
+    far: float,
     variants: int | None,
     progress: bool,
-) -> list[float]:
-    """Scores of the val split's clean scans redrawn through the model's acquisition chain."""
+) -> ThresholdCalibration | None:
+    """The threshold at ``far`` on the val split's clean scans, as training calibrates it.
+
+    Each clean scan is read and prepared once: scored as it is, and (when
+    the model records an acquisition chain and ``variants`` is not 0)
+    redrawn through that chain. None when the split has no readable clean scan.
+    """
     config = chain_config(bundle, variants)
-    if config is None:
-        return []
     val = dataset.split("val")
-    clean = replace(val, records=[r for r in val.records if r.label == 0])
-    scans = load_validation_scans(clean, config, bundle.preprocessing)
-    return variant_scores(bundle, scans, device=predictor.device, config=config, progress=progress)
+    clean_set = replace(val, records=[r for r in val.records if r.label == 0])
+    # No chain: the defaults only say "every scan" (data.max_val_scans is None).
+    scans = load_validation_scans(clean_set, config or Config(), bundle.preprocessing)
+    if not scans:
+        return None
+    clean = [
+        predictor.predict_prepared(item.prepared).score
+        for item in tqdm(scans, desc="calibration", unit="scan", disable=not progress)
+    ]
+    redrawn = (
+        variant_scores(bundle, scans, device=predictor.device, config=config, progress=progress)
+        if config is not None
+        else []
+    )
+    return calibrate_threshold(clean, far, variant_scores=redrawn)
 
 
 def _write_report(
