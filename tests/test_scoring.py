@@ -29,7 +29,7 @@ from scanml.models import ModelBundle, create_model
 from scanml.predict import Predictor
 from scanml.preprocess import Preprocessing
 from scanml.score_rows import ScanTooLargeError, check_model_grid
-from scanml.scores_table import ScoresTable
+from scanml.scores_table import ScoresTable, read_table
 from scanml.scoring import (
     SCORE_COLUMNS,
     SCORES_SCHEMA,
@@ -546,6 +546,50 @@ def test_two_processes_racing_for_one_table_are_never_both_inside(tmp_path: Path
     assert all(overlaps == 0 for _, _, overlaps in counts), counts
     assert all(entered > 10 for entered, _, _ in counts), counts  # both got in, in turns
     assert sum(refused for _, refused, _ in counts) > 0, counts  # and they did contend
+
+
+def test_a_reader_never_sees_a_torn_table_while_a_job_replaces_it(tmp_path: Path) -> None:
+    """A status reader polling a live table (``scanml watch`` merges and replaces it after
+    every batch) reads one whole version each time. Reading by path let pyarrow open the
+    file twice, and a replace in between failed with "Unexpected end of stream"."""
+    out = tmp_path / "scores.parquet"
+    table = ScoresTable(out)
+    rows = [
+        {
+            "scan_id": f"s{i}",
+            "path": f"/inbox/s{i}.dcm",
+            "threshold": 0.5,
+            "regions": [],
+            "model_uri": "models:/m/1",
+            "seconds": 0.1,
+        }
+        for i in range(400)
+    ]
+    table.append(rows[:1])
+    table.merge([])
+    stop = threading.Event()
+    replaced = [0]
+
+    def job() -> None:  # tables of 1 to 400 rows, each replacing the last
+        size = 1
+        while not stop.is_set():
+            table.append(rows[:size])
+            table.merge([])
+            replaced[0] += 1
+            size = size % len(rows) + 1
+
+    writer = threading.Thread(target=job, daemon=True)
+    writer.start()
+    reads, deadline = 0, time.monotonic() + 120
+    try:
+        while reads < 300 or replaced[0] < 300:
+            paths = read_table(out, columns=["path"])["path"].to_pylist()
+            assert paths == [row["path"] for row in rows[: len(paths)]]
+            reads += 1
+            assert time.monotonic() < deadline, f"{reads} reads, {replaced[0]} replaces"
+    finally:
+        stop.set()
+        writer.join()
 
 
 def test_manifest_paths_stay_inside_the_manifest_folder_and_duplicates_are_reported(

@@ -123,15 +123,9 @@ def test_a_low_energy_file_that_arrives_first_waits_for_its_high_energy_file(
             stop.set()
             service.join()
 
-    def scored(out: Path) -> set[str]:
-        try:  # read while the service may be replacing the table
-            return {row.path for row in committed_rows(out)}
-        except OSError:
-            return set()
-
     def until(out: Path, path: Path) -> None:
         deadline = time.monotonic() + _TIMEOUT_S
-        while str(path) not in scored(out):
+        while str(path) not in {row.path for row in committed_rows(out)}:
             assert time.monotonic() < deadline, f"watch did not score {path.name}"
             time.sleep(0.05)
 

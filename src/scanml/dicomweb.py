@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pyarrow.parquet as pq
 import pydicom
 import requests
 from dicomweb_client import DICOMwebClient
 
 from scanml.fsutil import write_atomically
+from scanml.scores_table import read_table
 from scanml.tdr import TDR_SOP_CLASS_UID
 
 if TYPE_CHECKING:
@@ -337,7 +337,7 @@ def committed_rows(out: Path) -> list[CommittedRow]:
     """The rows of the merged scores table ``out`` (none when it does not exist yet)."""
     if not out.exists():
         return []
-    table = pq.read_table(out, columns=["scan_id", "path", "tdr", "error"]).to_pydict()
+    table = read_table(out, columns=["scan_id", "path", "tdr", "error"]).to_pydict()
     return [
         CommittedRow(scan_id, path, tdr, error)
         for scan_id, path, tdr, error in zip(

@@ -41,6 +41,7 @@ __all__ = [
     "ScoresTable",
     "TableLockedError",
     "fingerprint",
+    "read_table",
 ]
 
 # One region of the ``regions`` column: a box in the scan's pixels, its score and category.
@@ -195,7 +196,7 @@ class ScoresTable:
         sources = ([self.out] if self.out.exists() else []) + self._parts()
         tables = [SCORES_SCHEMA.empty_table().select(list(columns))]
         for source in sources:
-            table = pq.read_table(source)
+            table = read_table(source)
             tables.append(_conform(table).select(list(columns)))
         return pa.concat_tables(tables)
 
@@ -238,6 +239,19 @@ class ScoresTable:
 
     def _parts(self) -> list[Path]:
         return sorted(self.parts_dir.glob("part-*.parquet"))
+
+
+def read_table(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read a Parquet file that a writer may be replacing (:func:`_write_table`) meanwhile.
+
+    The file is opened once and read through that one handle, so the read
+    sees one version whole. Given the path, pyarrow opens it more than once
+    (footer, then pages), and a replace in between tears the read
+    ("Unexpected end of stream"): a status reader polling a live
+    ``scanml watch`` table hit that.
+    """
+    with path.open("rb") as stream:
+        return pq.read_table(stream, columns=None if columns is None else list(columns))
 
 
 def _conform(table: pa.Table) -> pa.Table:
