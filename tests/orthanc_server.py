@@ -164,3 +164,14 @@ def referenced_scan(report: pydicom.Dataset, folder: Path) -> str:
     path = folder / f"{report.SOPInstanceUID}.dcm"
     report.save_as(path, enforce_file_format=True)
     return read_tdr(path).referenced_sop_instance_uid
+
+
+def scans_with_a_dual_energy_one(folder: Path, count: int) -> tuple[list[Path], list[Path]]:
+    """``count`` scans of ``folder`` (their x.dcm), the last dual energy; and its x.low.dcm."""
+    from scanml.io import is_energy_partner
+
+    scans = sorted(p for p in folder.glob("*.dcm") if not is_energy_partner(p))
+    partners = [p.with_name(f"{p.stem}.low.dcm") for p in scans]
+    dual = next(s for s, p in zip(scans, partners, strict=True) if p.is_file())
+    others = [s for s in scans if s != dual]
+    return [*others[: count - 1], dual], [dual.with_name(f"{dual.stem}.low.dcm")]

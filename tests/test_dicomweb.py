@@ -11,10 +11,14 @@ import pandas as pd
 import pydicom
 import pytest
 
-from orthanc_server import OrthancServer, missing_reason, referenced_scan
+from orthanc_server import (
+    OrthancServer,
+    missing_reason,
+    referenced_scan,
+    scans_with_a_dual_energy_one,
+)
 from scanml.cli import main
-from scanml.dicomweb import parse_dicomweb_url, score_dicomweb
-from scanml.io import is_energy_partner
+from scanml.dicomweb import RemoteInstance, pair_energies, parse_dicomweb_url, score_dicomweb
 from scanml.tdr import TDR_SOP_CLASS_UID
 
 
@@ -34,6 +38,28 @@ def test_dicomweb_urls_parse_into_root_and_query() -> None:
     assert (location.username, location.password) == ("user", "p@ss")
     assert "p@ss" not in repr(location) and "p@ss" not in str(location)
     assert parse_dicomweb_url("dicomwebs://store/dw").url == "https://store/dw"
+
+
+def test_a_low_energy_instance_goes_with_the_one_other_instance_of_its_series() -> None:
+    def instance(series: str, uid: str, energy: str | None) -> RemoteInstance:
+        return RemoteInstance("1.2", series, uid, "1.2.840.10008.5.1.4.1.1.501.2.1", energy)
+
+    listed = pair_energies(
+        [
+            instance("1.2.3", "1.2.3.1", "HIGH ENERGY"),
+            instance("1.2.3", "1.2.3.2", "LOW ENERGY"),
+            instance("1.2.4", "1.2.4.1", None),
+            instance("1.2.5", "1.2.5.2", "LOW ENERGY"),  # its high-energy image is not there
+            instance("1.2.6", "1.2.6.1", None),  # two candidates: no guess
+            instance("1.2.6", "1.2.6.2", None),
+            instance("1.2.6", "1.2.6.3", "LOW ENERGY"),
+        ]
+    )
+    assert [(i.sop_instance_uid, i.partner_of) for i in listed if i.partner_of] == [
+        ("1.2.3.2", "1.2.3.1")
+    ]
+    assert listed[1].spool_name == "1.2.3.1.low.dcm" and listed[1].scan_uid == "1.2.3.1"
+    assert listed[3].spool_name == "1.2.5.2.dcm"
 
 
 @pytest.mark.parametrize(
@@ -58,12 +84,11 @@ def test_a_bad_store_url_is_one_line_and_exit_2(
 def test_scans_in_reports_back_and_a_rerun_scores_nothing_twice(
     orthanc: OrthancServer, trained_model, tmp_path: Path
 ) -> None:
-    # High-energy (or single-energy) instances only: a store holding both
-    # instances of a dual-energy scan would list the low one as a scan too.
-    scans = sorted(
-        p for p in (trained_model.data_dir / "scans").glob("*.dcm") if not is_energy_partner(p)
-    )[:4]
+    # Four scans, one of them dual energy: its low-energy instance is in the store too,
+    # and is fetched with it, never scored as a scan of its own.
+    scans, partners = scans_with_a_dual_energy_one(trained_model.data_dir / "scans", 4)
     uploaded = orthanc.upload([*scans, _broken_scan(scans[0], tmp_path / "broken.dcm")])
+    orthanc.upload(partners)
     out = tmp_path / "scores.parquet"
     command = [
         sys.executable,

@@ -19,7 +19,13 @@ import pandas as pd
 import pydicom
 import pytest
 
-from orthanc_server import OrthancServer, free_port, missing_reason, referenced_scan
+from orthanc_server import (
+    OrthancServer,
+    free_port,
+    missing_reason,
+    referenced_scan,
+    scans_with_a_dual_energy_one,
+)
 from scanml.cli import main
 from scanml.dicomweb import committed_rows
 from scanml.io import Scan, is_energy_partner, write_scan
@@ -227,12 +233,8 @@ def test_orthanc_stopped_and_restarted_under_watch_loses_nothing(
     reason = missing_reason()
     if reason:
         pytest.skip(reason)
-    # x.dcm only: the store would list a dual-energy scan's x.low.dcm as a scan of its own.
-    scans = [
-        p
-        for p in sorted((trained_model.data_dir / "scans").glob("*.dcm"))
-        if p.suffixes == [".dcm"]
-    ][:4]
+    # The last scan is dual energy, its x.low.dcm in the store beside it: fetched with it.
+    scans, partners = scans_with_a_dual_energy_one(trained_model.data_dir / "scans", 4)
     orthanc = OrthancServer(tmp_path / "orthanc").start()
     out, port = tmp_path / "scores.parquet", free_port()
     command = [*_watch_command(trained_model, orthanc.url, out, port), "--tdr-to", orthanc.url]
@@ -249,7 +251,7 @@ def test_orthanc_stopped_and_restarted_under_watch_loses_nothing(
         assert service.poll() is None, "a store that goes away is not fatal"
 
         orthanc.start()
-        orthanc.upload(scans[3:])
+        orthanc.upload([*scans[3:], *partners])
         _wait_for(lambda: len(orthanc.instances(TDR_SOP_CLASS_UID)) == 4, "4 reports", service)
         _wait_for(lambda: _status(port)["store_ok"], "the store back", service)
         service.send_signal(signal.SIGTERM)

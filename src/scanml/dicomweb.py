@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +41,7 @@ import requests
 from dicomweb_client import DICOMwebClient
 
 from scanml.fsutil import write_atomically
+from scanml.io.dicos import ENERGY_IMAGE_TYPES
 from scanml.scores_table import read_table
 from scanml.tdr import TDR_SOP_CLASS_UID
 
@@ -55,6 +56,7 @@ __all__ = [
     "ReportPublisher",
     "StoreUnavailableError",
     "is_dicomweb_url",
+    "pair_energies",
     "parse_dicomweb_url",
     "score_dicomweb",
     "spooled_scans",
@@ -66,6 +68,7 @@ _PAGE = 1000
 # Connect and read timeouts of every request: a store that hangs is a store that is down.
 _TIMEOUT_S = (5.0, 60.0)
 _UID = "0020000D", "0020000E", "00080018", "00080016"  # study, series, instance, SOP class
+_IMAGE_TYPE = "00080008"  # value 2 names the energy of one file of a dual-energy scan
 
 
 class DicomwebError(RuntimeError):
@@ -92,12 +95,32 @@ class DicomwebLocation:
 
 @dataclass(frozen=True)
 class RemoteInstance:
-    """One scan in the store, by its UIDs."""
+    """One instance in the store, by its UIDs.
+
+    A dual-energy scan is two instances of one series, told apart by Image
+    Type (``energy``). Its low-energy instance names the high-energy one it
+    is read with (``partner_of``): it is spooled beside it as
+    ``<high SOP Instance UID>.low.dcm``, the name :func:`scanml.io.read_scan`
+    looks for, and is never a scan of its own.
+    """
 
     study_uid: str
     series_uid: str
     sop_instance_uid: str
     sop_class_uid: str
+    energy: str | None = None  # "HIGH ENERGY" / "LOW ENERGY"; None: single energy or unsaid
+    partner_of: str | None = None
+
+    @property
+    def scan_uid(self) -> str:
+        """The scan this instance belongs to: the high-energy instance's UID for a partner."""
+        return self.partner_of or self.sop_instance_uid
+
+    @property
+    def spool_name(self) -> str:
+        if self.partner_of:
+            return f"{self.partner_of}.low.dcm"
+        return f"{self.sop_instance_uid}.dcm"
 
 
 def is_dicomweb_url(text: str | os.PathLike[str]) -> bool:
@@ -146,7 +169,11 @@ class DicomwebStore:
         self._client.set_http_retry_params(retry=False)
 
     def list_scans(self) -> list[RemoteInstance]:
-        """Every instance matching the URL's query, reports excluded, in the store's order."""
+        """Every instance matching the URL's query, reports excluded, in the store's order.
+
+        A dual-energy scan's low-energy instance is listed with ``partner_of``
+        set (:func:`pair_energies`): fetch it with its scan, never score it alone.
+        """
         found: list[RemoteInstance] = []
         offset = 0
         while True:
@@ -154,6 +181,7 @@ class DicomwebStore:
                 "list scans",
                 self._client.search_for_instances,
                 search_filters=dict(self.location.filters),
+                fields=[_IMAGE_TYPE],
                 offset=offset,
                 limit=_PAGE,
             )
@@ -162,11 +190,12 @@ class DicomwebStore:
                 if instance is not None and instance.sop_class_uid != TDR_SOP_CLASS_UID:
                     found.append(instance)
             if len(page) < _PAGE:
-                return found
+                return pair_energies(found)
             offset += len(page)
 
     def fetch(self, instance: RemoteInstance, folder: Path) -> Path:
-        """Fetch a scan in its stored transfer syntax into ``folder/<SOP Instance UID>.dcm``.
+        """Fetch an instance in its stored transfer syntax into ``folder/<spool_name>``
+        (``<SOP Instance UID>.dcm``, or ``<high-energy UID>.low.dcm`` for a partner).
 
         The file appears whole or not at all (written beside, flushed, renamed).
         """
@@ -178,7 +207,7 @@ class DicomwebStore:
             instance.sop_instance_uid,
             media_types=(("application/dicom", "*"),),
         )
-        path = folder / f"{instance.sop_instance_uid}.dcm"
+        path = folder / instance.spool_name
         return write_atomically(
             path, lambda partial: dataset.save_as(partial, enforce_file_format=True)
         )
@@ -297,11 +326,12 @@ def score_dicomweb(
     if is_dicomweb_url(source):
         spool_dir = Path(os.path.abspath(spool or out.with_name(f"{out.name}.spool")))
         inbox = DicomwebStore(str(source))
-        done = spooled_scans(out, spool_dir)
+        scored = {Path(row.path).stem for row in committed_rows(out)}
         for instance in inbox.list_scans():
-            if instance.sop_instance_uid not in done:
-                inbox.fetch(instance, spool_dir)
-                fetched += 1
+            if instance.scan_uid in scored or (spool_dir / instance.spool_name).exists():
+                continue
+            inbox.fetch(instance, spool_dir)
+            fetched += instance.partner_of is None
         spool_dir.mkdir(parents=True, exist_ok=True)
         source = spool_dir
     summary = score(
@@ -353,20 +383,44 @@ def spooled_scans(out: Path, spool: Path) -> set[str]:
 
 
 def remove_scored(spool: Path, rows: Iterable[CommittedRow]) -> None:
-    """Remove spooled scans whose row is committed: the store keeps the original."""
+    """Remove spooled scans whose row is committed, with their low-energy file: the store
+    keeps the originals."""
     for row in rows:
         path = Path(row.path)
         if path.parent == spool:
             path.unlink(missing_ok=True)
+            path.with_name(f"{path.stem}.low{path.suffix}").unlink(missing_ok=True)
+
+
+def pair_energies(instances: list[RemoteInstance]) -> list[RemoteInstance]:
+    """``instances`` with each low-energy one pointed at the high-energy instance of its
+    series (``partner_of``), where the series holds exactly one; a low-energy instance
+    without one stays a scan of its own (as ``x.low.dcm`` without ``x.dcm`` does)."""
+    others: dict[tuple[str, str], list[str]] = {}
+    for instance in instances:
+        if instance.energy != "LOW ENERGY":
+            series = (instance.study_uid, instance.series_uid)
+            others.setdefault(series, []).append(instance.sop_instance_uid)
+    paired = []
+    for instance in instances:
+        highs = others.get((instance.study_uid, instance.series_uid), [])
+        if instance.energy == "LOW ENERGY" and len(highs) == 1:
+            instance = replace(instance, partner_of=highs[0])
+        paired.append(instance)
+    return paired
 
 
 def _remote_instance(attributes: dict) -> RemoteInstance | None:
-    """UIDs from a QIDO-RS result in DICOM JSON; None when one is missing."""
+    """UIDs (and the energy) from a QIDO-RS result in DICOM JSON; None when a UID is missing."""
     values = [(attributes.get(tag) or {}).get("Value") or [None] for tag in _UID]
     study, series, instance, sop_class = (value[0] for value in values)
     if not (study and series and instance):
         return None
-    return RemoteInstance(str(study), str(series), str(instance), str(sop_class or ""))
+    image_type = [
+        str(v).strip().upper() for v in (attributes.get(_IMAGE_TYPE) or {}).get("Value") or []
+    ]
+    energy = image_type[1] if len(image_type) >= 2 and image_type[1] in ENERGY_IMAGE_TYPES else None
+    return RemoteInstance(str(study), str(series), str(instance), str(sop_class or ""), energy)
 
 
 def _ledger_key(report: Path) -> str | None:

@@ -460,6 +460,8 @@ class _StoreInbox:
     spool: Path
     first_seen: dict[Any, float] = field(default_factory=dict)
     unfetchable: set[str] = field(default_factory=set)  # refused by the store until restart
+    # The low-energy instances of each dual-energy scan, fetched with it (``take``).
+    partners: dict[str, list[RemoteInstance]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.spool.mkdir(parents=True, exist_ok=True)
@@ -472,18 +474,24 @@ class _StoreInbox:
         done_uids = {Path(path).stem for path in done}
         spooled = []
         for path in sorted(self.spool.glob("*.dcm")):
-            if str(path) not in done:
-                spooled.append(path)
-            else:  # scored, and left behind when storing its report failed
-                path.unlink(missing_ok=True)
+            if str(path) in done:  # scored, and left behind when storing its report failed
+                remove_scored(self.spool, [_Committed(str(path))])
+            elif path.exists() and not path.name.endswith(".low.dcm"):
+                spooled.append(path)  # a partner, <uid>.low.dcm, is read with <uid>.dcm
         waiting = {path.stem for path in spooled}
-        remote = [
-            instance
-            for instance in self.store.list_scans()
-            if instance.sop_instance_uid not in done_uids
-            and instance.sop_instance_uid not in waiting
-            and instance.sop_instance_uid not in self.unfetchable
-        ]
+        self.partners = {}
+        remote = []
+        for instance in self.store.list_scans():
+            if (
+                instance.scan_uid in done_uids
+                or instance.scan_uid in waiting
+                or instance.sop_instance_uid in self.unfetchable
+            ):
+                continue
+            if instance.partner_of is not None:
+                self.partners.setdefault(instance.partner_of, []).append(instance)
+            else:
+                remote.append(instance)
         for arrival in [*spooled, *remote]:
             self.first_seen.setdefault(arrival, now)
         return [*spooled, *remote]
@@ -493,6 +501,7 @@ class _StoreInbox:
             return arrival
         started = time.perf_counter()
         try:
+            self._fetch_partners(arrival, status)
             path = self.store.fetch(arrival, self.spool)
         except StoreUnavailableError:
             raise
@@ -504,6 +513,22 @@ class _StoreInbox:
         with status.lock:
             status.timings["fetch"] += time.perf_counter() - started
         return path
+
+    def _fetch_partners(self, arrival: RemoteInstance, status: WatchStatus) -> None:
+        """Spool a dual-energy scan's low-energy instance before the scan: read together.
+
+        One the store will not give is reported, and the scan is scored without it.
+        """
+        for partner in self.partners.get(arrival.sop_instance_uid, []):
+            try:
+                self.store.fetch(partner, self.spool)
+            except StoreUnavailableError:
+                raise
+            except Exception as exc:
+                status.error(
+                    f"{partner.sop_instance_uid}: {exc} (the low-energy image of "
+                    f"{arrival.sop_instance_uid}, scored without it)"
+                )
 
     def release(self, path: Path) -> None:
         """The row is committed and its report stored: the store keeps the original."""
