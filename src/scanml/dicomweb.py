@@ -41,7 +41,7 @@ import requests
 from dicomweb_client import DICOMwebClient
 
 from scanml.fsutil import write_atomically
-from scanml.io.dicos import ENERGY_IMAGE_TYPES
+from scanml.io.dicos import ENERGY_IMAGE_TYPES, energy_partner_paths
 from scanml.scores_table import read_table
 from scanml.tdr import TDR_SOP_CLASS_UID
 
@@ -119,7 +119,7 @@ class RemoteInstance:
     @property
     def spool_name(self) -> str:
         if self.partner_of:
-            return f"{self.partner_of}.low.dcm"
+            return spooled_partner(Path(f"{self.partner_of}.dcm")).name
         return f"{self.sop_instance_uid}.dcm"
 
 
@@ -389,7 +389,17 @@ def remove_scored(spool: Path, rows: Iterable[CommittedRow]) -> None:
         path = Path(row.path)
         if path.parent == spool:
             path.unlink(missing_ok=True)
-            path.with_name(f"{path.stem}.low{path.suffix}").unlink(missing_ok=True)
+            spooled_partner(path).unlink(missing_ok=True)
+
+
+def spooled_partner(path: Path) -> Path:
+    """Where the spool keeps the low-energy instance of the scan spooled at ``path``."""
+    return energy_partner_paths(path, ["high", "low"])[1]
+
+
+def is_spooled_partner(path: Path) -> bool:
+    """Whether a spooled file is a low-energy instance, read with its scan's file."""
+    return path.stem.endswith(".low")
 
 
 def pair_energies(instances: list[RemoteInstance]) -> list[RemoteInstance]:

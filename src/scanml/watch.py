@@ -62,6 +62,7 @@ from scanml.dicomweb import (
     StoreUnavailableError,
     committed_rows,
     is_dicomweb_url,
+    is_spooled_partner,
     remove_scored,
 )
 from scanml.io import SUPPORTED_SUFFIXES, high_energy_file, is_energy_partner
@@ -476,8 +477,8 @@ class _StoreInbox:
         for path in sorted(self.spool.glob("*.dcm")):
             if str(path) in done:  # scored, and left behind when storing its report failed
                 remove_scored(self.spool, [_Committed(str(path))])
-            elif path.exists() and not path.name.endswith(".low.dcm"):
-                spooled.append(path)  # a partner, <uid>.low.dcm, is read with <uid>.dcm
+            elif not is_spooled_partner(path):  # <uid>.low.dcm is read with <uid>.dcm
+                spooled.append(path)
         waiting = {path.stem for path in spooled}
         self.partners = {}
         remote = []
