@@ -210,6 +210,14 @@ class TrainConfig(_Section):
     channels_last: bool = True
     dense_loss_weight: float = Field(default=1.0, ge=0.0, le=1000.0)
     category_loss_weight: float = Field(default=0.2, ge=0.0, le=1000.0)
+    amount_loss_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1000.0,
+        description="weight of a second head that regresses the net attenuation each "
+        "concealment changed, per output cell, where the annotations record it "
+        "('contrast', as scanml synth writes); 0: no such head",
+    )
     dense_loss: Literal["bce", "focal"] = Field(
         default="bce",
         description="per-location loss: bce (mean over locations) or focal (RetinaNet: "

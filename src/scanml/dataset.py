@@ -79,6 +79,11 @@ class Box:
     ``"cartons"``...) where the annotation says so, as a ``concealment`` key
     of the COCO annotation or of its ``attributes``; the quality benchmark
     breaks its figures down by it.
+
+    ``contrast`` is the net attenuation the object changed inside its box
+    (the mean of what it added minus the cargo it displaced), where the
+    annotation records it, as simulated data does: a training target
+    (``train.amount_loss_weight``), never an input.
     """
 
     x: float
@@ -87,6 +92,7 @@ class Box:
     h: float
     category: str
     concealment: str | None = None
+    contrast: float | None = None
 
 
 @dataclass(frozen=True)
@@ -435,7 +441,15 @@ def _read_annotations(
                 )
             else:
                 boxes.setdefault(record.scan_id, []).append(
-                    Box(x, y, w, h, categories[category_id], _concealment(annotation))
+                    Box(
+                        x,
+                        y,
+                        w,
+                        h,
+                        categories[category_id],
+                        _concealment(annotation),
+                        _contrast(annotation),
+                    )
                 )
     if problems:
         raise DataError(problems)
@@ -451,6 +465,18 @@ def _concealment(annotation: Mapping[str, Any]) -> str | None:
     ):
         if isinstance(value, str) and value.strip():
             return value.strip()
+    return None
+
+
+def _contrast(annotation: Mapping[str, Any]) -> float | None:
+    """The net attenuation change inside the box, where the annotation (or its ``attributes``) has one."""
+    attributes = annotation.get("attributes")
+    for value in (
+        annotation.get("contrast"),
+        attributes.get("contrast") if isinstance(attributes, dict) else None,
+    ):
+        if _is_number(value):
+            return float(value)
     return None
 
 

@@ -16,7 +16,10 @@ __all__ = ["DenseTileLoss", "cell_targets"]
 
 
 def cell_targets(
-    mask: torch.Tensor, cells_hw: tuple[int, int], grid: OutputGrid | None
+    mask: torch.Tensor,
+    cells_hw: tuple[int, int],
+    grid: OutputGrid | None,
+    reduce: str = "max",
 ) -> torch.Tensor:
     """The object mask ``[N, H, W]`` as one target per output cell ``[N, h, w]``.
 
@@ -28,10 +31,16 @@ def cell_targets(
     ``stride * i``: its footprint starts half a stride before, not at, that
     pixel. Without a grid, the mask is cut into ``cells_hw`` equal bins
     (:func:`torch.nn.functional.adaptive_max_pool2d`).
+
+    ``reduce="mean"`` averages the footprint instead: a per-pixel quantity
+    (the amount map) as one value per cell.
     """
+    if reduce not in ("max", "mean"):
+        raise ValueError(f"reduce is 'max' or 'mean', got {reduce!r}")
     mask = mask.float()[:, None]
     if grid is None:
-        return F.adaptive_max_pool2d(mask, cells_hw)[:, 0]
+        pool = F.adaptive_max_pool2d if reduce == "max" else F.adaptive_avg_pool2d
+        return pool(mask, cells_hw)[:, 0]
     stride = grid.stride
     # Pixel j (centre j + 0.5) belongs to cell i when it lies within half a
     # stride of the cell's centre: cell 0 starts at this pixel index.
@@ -40,7 +49,8 @@ def cell_targets(
     # Shift and size the mask onto the cells' footprints: a negative pad crops.
     rows, cols = cells_hw[0] * stride, cells_hw[1] * stride
     canvas = F.pad(mask, (-first, cols - width + first, -first, rows - height + first))
-    return F.max_pool2d(canvas, stride)[:, 0]
+    pool = F.max_pool2d if reduce == "max" else F.avg_pool2d
+    return pool(canvas, stride)[:, 0]
 
 
 class DenseTileLoss(nn.Module):
@@ -67,6 +77,14 @@ class DenseTileLoss(nn.Module):
     scan score depends only on the few clean locations that still score
     high; the focal loss down-weights the easy ones so those few drive it.
 
+    - amount (``amount_weight`` > 0): a Huber regression of the net
+      attenuation each cell's concealment changed (the tile's ``amount`` map
+      averaged over the cell's footprint, in attenuation units: model units
+      times ``amount_scale``), zero on clean cells, over the tiles whose
+      boxes record it, normalised by the cells that hold an object. The mask says *whether* a cell holds an object; this
+      asks *how much* material it changed, a question about physics rather
+      than about how a simulator draws a box.
+
     ``grid``: where the network's cells sit on its input (``network.grid``),
     so that each location is taught the object under its own footprint
     (:func:`cell_targets`); train with it. ``None`` cuts the mask into equal
@@ -81,6 +99,8 @@ class DenseTileLoss(nn.Module):
         *,
         dense_loss: str = "bce",
         grid: OutputGrid | None = None,
+        amount_weight: float = 0.0,
+        amount_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if dense_loss not in ("bce", "focal"):
@@ -90,10 +110,16 @@ class DenseTileLoss(nn.Module):
         self.tile_pooling = tile_pooling
         self.dense_loss = dense_loss
         self.grid = grid
+        self.amount_weight = amount_weight
+        self.amount_scale = amount_scale
 
     def forward(
-        self, dense_logits: torch.Tensor, targets: dict[str, torch.Tensor]
+        self,
+        dense_logits: torch.Tensor,
+        targets: dict[str, torch.Tensor],
+        amount: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """The losses of a batch; ``amount`` is the amount head's ``[N, 1, h, w]`` when weighted."""
         anomaly = dense_logits[:, 0]
         labels = targets["label"].float()
         tile_logits = DenseLogitNet.tile_logits(dense_logits, self.tile_pooling)
@@ -119,11 +145,34 @@ class DenseTileLoss(nn.Module):
             ).clamp_min(1.0)
             category_loss = F.cross_entropy(pooled, targets["category"][positive].long())
 
-        loss = tile_loss + self.dense_weight * dense_loss + self.category_weight * category_loss
+        amount_loss = dense_logits.new_zeros(())
+        if self.amount_weight > 0:
+            if amount is None:
+                raise ValueError("amount_weight > 0 needs the network's amount head output")
+            known = targets["amount_known"].float()
+            if known.any():
+                wanted = self.amount_scale * cell_targets(
+                    targets["amount"], (anomaly.shape[-2], anomaly.shape[-1]), self.grid, "mean"
+                )
+                per_cell = F.huber_loss(amount[:, 0].float(), wanted, reduction="none", delta=0.5)
+                per_cell = per_cell * known[:, None, None]
+                # Normalised as the focal term is, by the cells that hold an
+                # object: nearly every cell is clean, and a mean would let
+                # them drown the few that are not.
+                objects = ((wanted != 0) & (known[:, None, None] > 0)).sum()
+                amount_loss = per_cell.sum() / objects.clamp_min(known.sum())
+
+        loss = (
+            tile_loss
+            + self.dense_weight * dense_loss
+            + self.category_weight * category_loss
+            + self.amount_weight * amount_loss
+        )
         return {
             "loss": loss,
             "tile_loss": tile_loss.detach(),
             "dense_loss": dense_loss.detach(),
             "category_loss": category_loss.detach(),
+            "amount_loss": amount_loss.detach(),
             "tile_logits": tile_logits.detach(),
         }

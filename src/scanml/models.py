@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +88,7 @@ def create_model(
     output_stride: int = 32,
     stages: int | None = None,
     input_contrast: int | Sequence[int] | None = None,
+    amount_head: bool = False,
 ) -> DenseLogitNet:
     """A dense-logit network over torchvision's ``name`` taking ``in_channels`` energy channels.
 
@@ -123,6 +124,10 @@ def create_model(
     each energy channel, its local contrast over each window
     (:func:`local_contrast`): fixed channels the first convolution reads
     with the attenuation itself.
+
+    ``amount_head`` adds a second 1x1 convolution that regresses, per output
+    cell, the net attenuation a concealment changed there (a training target
+    beside the mask, ``train.amount_loss_weight``); scoring does not read it.
     """
     if name not in FAMILIES:
         raise ValueError(
@@ -155,6 +160,7 @@ def create_model(
         grid=grid,
         stages=stages,
         input_contrast=input_contrast,
+        amount_head=amount_head,
     )
     if weights is not None:
         _load_weights(network, state, source)
@@ -225,6 +231,10 @@ class DenseLogitNet(nn.Module):
     constant, not a statistic of the image, for the same reason the
     attenuation scale is: density differences between scans must survive.
 
+    With ``amount_head``, ``forward(images, with_amount=True)`` also returns
+    ``[N, 1, h, w]``: the net attenuation each cell's concealment changed,
+    regressed beside the logits during training.
+
     Build with :func:`create_model`.
     """
 
@@ -242,6 +252,7 @@ class DenseLogitNet(nn.Module):
         grid: OutputGrid,
         stages: int | None = None,
         input_contrast: int | Sequence[int] | None = None,
+        amount_head: bool = False,
     ) -> None:
         super().__init__()
         self.architecture = architecture
@@ -256,6 +267,10 @@ class DenseLogitNet(nn.Module):
         with torch.no_grad():
             self.head.bias.zero_()
             self.head.bias[0] = ANOMALY_PRIOR_LOGIT
+        self.amount_head = nn.Conv2d(feature_channels, 1, kernel_size=1) if amount_head else None
+        if self.amount_head is not None:
+            nn.init.normal_(self.amount_head.weight, std=0.01)
+            nn.init.zeros_(self.amount_head.bias)
 
     @property
     def input_contrast(self) -> int | list[int] | None:
@@ -268,13 +283,31 @@ class DenseLogitNet(nn.Module):
         """Input pixels per output cell."""
         return self.grid.stride
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Dense logits ``[N, 1 + K, h, w]`` for images ``[N, C, H, W]`` in [0, 1]."""
+    @overload
+    def forward(self, images: torch.Tensor, with_amount: Literal[False] = ...) -> torch.Tensor: ...
+
+    @overload
+    def forward(
+        self, images: torch.Tensor, with_amount: Literal[True]
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def forward(
+        self, images: torch.Tensor, with_amount: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Dense logits ``[N, 1 + K, h, w]`` for images ``[N, C, H, W]`` in [0, 1].
+
+        ``with_amount``: also the amount head's ``[N, 1, h, w]``, as a pair.
+        """
         features = (images - self.INPUT_MEAN) / self.INPUT_STD
         if self.contrast_windows:
             contrast = [local_contrast(images, window) for window in self.contrast_windows]
             features = torch.cat([features, *contrast], dim=1)
-        return self.head(self.backbone(features))
+        features = self.backbone(features)
+        if not with_amount:
+            return self.head(features)
+        if self.amount_head is None:
+            raise ValueError("this network has no amount head (create_model(amount_head=True))")
+        return self.head(features), self.amount_head(features)
 
     @staticmethod
     def tile_logits(dense_logits: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
@@ -352,6 +385,7 @@ class ModelBundle:
             "output_stride": self.network.output_stride,
             "stages": self.network.stages,
             "input_contrast": self.network.input_contrast,
+            "amount_head": self.network.amount_head is not None,
             "preprocessing": self.preprocessing.to_dict(),
             "class_names": self.class_names,
             "threshold": self.threshold,
@@ -381,6 +415,7 @@ class ModelBundle:
             output_stride=int(config["output_stride"]),
             stages=config.get("stages"),  # absent from bundles before stages existed
             input_contrast=config.get("input_contrast"),
+            amount_head=bool(config.get("amount_head", False)),
         )
         network.load_state_dict(load_file(folder / WEIGHTS_FILE))
         return cls(

@@ -124,10 +124,13 @@ class PreparedScan:
     box_categories: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     shape_hw: tuple[int, int] | None = None
     spacing_mm: tuple[float, float] | None = None
+    # Each box's net attenuation change in model units (as ``image``); NaN where unknown.
+    box_amounts: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.image.nbytes + self.boxes.nbytes + self.box_categories.nbytes
+        extra = 0 if self.box_amounts is None else self.box_amounts.nbytes
+        return self.image.nbytes + self.boxes.nbytes + self.box_categories.nbytes + extra
 
 
 def prepare_scan(
@@ -137,11 +140,15 @@ def prepare_scan(
     scan_id: str | None = None,
     boxes: Sequence[Sequence[float]] = (),
     box_categories: Sequence[int] = (),
+    box_contrasts: Sequence[float | None] | None = None,
 ) -> PreparedScan:
     """:func:`prepare` the scan, and move ``boxes`` (``[x, y, w, h]`` in its pixels) with it.
 
     ``box_categories`` index the model's categories, one per box; ``scan_id``
-    defaults to the scan's own (``meta["scan_id"]``).
+    defaults to the scan's own (``meta["scan_id"]``). ``box_contrasts``, the
+    net attenuation each object changed inside its box (None where unknown),
+    are kept in model units as ``box_amounts``: attenuation averages over a
+    larger pixel, so resampling leaves a box's mean change as it is.
     """
     model_spacing = (pre.spacing_mm, pre.spacing_mm)
     moved = np.array(
@@ -155,6 +162,12 @@ def prepare_scan(
         box_categories=np.array(list(box_categories), dtype=np.int64),
         shape_hw=(int(height), int(width)),
         spacing_mm=(float(scan.spacing_mm[0]), float(scan.spacing_mm[1])),
+        box_amounts=None
+        if box_contrasts is None
+        else np.array(
+            [np.nan if c is None else c / pre.attenuation_scale for c in box_contrasts],
+            dtype=np.float32,
+        ),
     )
 
 

@@ -188,7 +188,19 @@ class ThreatProjector:
         np.clip(region + depth * threat, 0.0, 1.0, out=region)
         mask = tile.mask.copy()
         mask[y : y + height, x : x + width] = 1.0
-        return replace(tile, image=image, mask=mask, label=1, category=category, source="tip")
+        amount = None
+        if tile.amount is not None:  # what was added, before clipping: its mean over the box
+            amount = tile.amount.copy()
+            amount[y : y + height, x : x + width] += depth * float(threat[0].mean())
+        return replace(
+            tile,
+            image=image,
+            mask=mask,
+            amount=amount,
+            label=1,
+            category=category,
+            source="tip",
+        )
 
 
 def cut_threat_objects(scan: PreparedScan, *, ring: int = 3) -> list[ThreatObject]:

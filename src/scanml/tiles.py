@@ -64,7 +64,9 @@ class Tile:
     ``image`` is float32 [C, T, T] in [0, 1] (log-attenuation / scale), zero
     (air) where the tile leaves the scan; ``mask`` is float32 [T, T], 1 inside
     annotated boxes; ``category`` indexes the model's categories, -1 when the
-    tile is clean.
+    tile is clean. ``amount`` is float32 [T, T], the net attenuation (model
+    units) the objects changed, each box's mean over its box, zero outside;
+    None where a box of the scan does not record it.
     """
 
     image: np.ndarray
@@ -75,6 +77,7 @@ class Tile:
     source: TileSource
     y0: int
     x0: int
+    amount: np.ndarray | None = None
 
 
 def prepare_record(
@@ -91,6 +94,7 @@ def prepare_record(
         scan_id=record.scan_id,
         boxes=[(b.x, b.y, b.w, b.h) for b in record.boxes],
         box_categories=[categories.index(b.category) for b in record.boxes],
+        box_contrasts=[b.contrast for b in record.boxes],
     )
 
 
@@ -359,9 +363,15 @@ TileTransform = Callable[[Tile, np.random.Generator], Tile]
 
 def collate_tiles(tiles: Sequence[Tile]) -> dict[str, Any]:
     """Batch tiles: image [N, C, T, T] and mask [N, T, T] float32, label float32 [N],
-    category int64 [N] (-1 clean), origin int64 [N, 2] (y0, x0), scan_id and source lists.
+    category int64 [N] (-1 clean), origin int64 [N, 2] (y0, x0), scan_id and source lists;
+    amount [N, T, T] float32 (zero where unknown) and amount_known float32 [N].
     """
+    zeros = np.zeros(tiles[0].mask.shape, dtype=np.float32) if tiles else None
     return {
+        "amount": torch.from_numpy(
+            np.stack([zeros if t.amount is None else t.amount for t in tiles])
+        ),
+        "amount_known": torch.tensor([t.amount is not None for t in tiles], dtype=torch.float32),
         "image": torch.from_numpy(np.stack([t.image for t in tiles])),
         "mask": torch.from_numpy(np.stack([t.mask for t in tiles])),
         "label": torch.tensor([t.label for t in tiles], dtype=torch.float32),
@@ -557,13 +567,26 @@ def _cut_tile(scan: PreparedScan, spec: TileSpec, size: int) -> Tile:
             :, top:bottom, left:right
         ]
     mask = np.zeros((size, size), dtype=np.float32)
-    for x, y, w, h in scan.boxes:
+    amounts = scan.box_amounts
+    known = amounts is not None and not np.isnan(amounts).any()
+    amount = np.zeros((size, size), dtype=np.float32) if known else None
+    for k, (x, y, w, h) in enumerate(scan.boxes):
         # Every pixel the box touches: a partly covered pixel holds part of the object.
         r0, r1 = np.clip([math.floor(y) - spec.y0, math.ceil(y + h) - spec.y0], 0, size)
         c0, c1 = np.clip([math.floor(x) - spec.x0, math.ceil(x + w) - spec.x0], 0, size)
         mask[r0:r1, c0:c1] = 1.0
+        if amount is not None:
+            amount[r0:r1, c0:c1] += amounts[k]  # attenuation adds along a ray
     return Tile(
-        image, mask, spec.label, spec.category_index, scan.scan_id, spec.source, spec.y0, spec.x0
+        image,
+        mask,
+        spec.label,
+        spec.category_index,
+        scan.scan_id,
+        spec.source,
+        spec.y0,
+        spec.x0,
+        amount,
     )
 
 

@@ -177,6 +177,7 @@ def train(
         output_stride=config.model.output_stride,
         stages=config.model.stages,
         input_contrast=config.model.input_contrast,
+        amount_head=config.train.amount_loss_weight > 0,
     ).to(device)
     if config.train.channels_last:
         network = network.to(memory_format=torch.channels_last)
@@ -186,6 +187,8 @@ def train(
         config.train.tile_pooling,
         dense_loss=config.train.dense_loss,
         grid=network.grid,
+        amount_weight=config.train.amount_loss_weight,
+        amount_scale=preprocessing.attenuation_scale,
     )
     optimizer = torch.optim.AdamW(
         _parameter_groups(network, config.train.weight_decay), lr=config.train.lr
@@ -450,6 +453,7 @@ def train_one_epoch(
         "tile_loss": 0.0,
         "dense_loss": 0.0,
         "category_loss": 0.0,
+        "amount_loss": 0.0,
     }
     n_tiles, n_correct, steps = 0, 0, 0
     started = time.perf_counter()
@@ -458,12 +462,15 @@ def train_one_epoch(
         images = batch["image"].to(device, non_blocking=True)
         if config.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        targets = {
-            key: batch[key].to(device, non_blocking=True) for key in ("label", "mask", "category")
-        }
+        keys = ("label", "mask", "category", "amount", "amount_known")
+        targets = {key: batch[key].to(device, non_blocking=True) for key in keys}
+        amount = None
         with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
-            dense_logits = network(images)
-        losses = criterion(dense_logits.float(), targets)
+            if criterion.amount_weight > 0:
+                dense_logits, amount = network(images, with_amount=True)
+            else:
+                dense_logits = network(images)
+        losses = criterion(dense_logits.float(), targets, amount)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["loss"]).backward()
         if config.train.grad_clip:

@@ -84,7 +84,7 @@ class TrainTransform:
     say how often a step runs; ranges (``scale_range``, ``gain_range``,
     ``offset_range`` in attenuation units) are drawn for every tile, and a
     range of one value turns a step into a no-op. The image stays float32
-    [C, T, T] in [0, 1]; the mask follows the geometry.
+    [C, T, T] in [0, 1]; the mask (and the amount map) follows the geometry.
 
     Horizontal flips are plausible: a container is scanned front or rear
     first. Vertical flips are not (``vflip=0`` by default): a side view has a
@@ -143,13 +143,16 @@ class TrainTransform:
         if self.tip is not None:
             tile = self.tip(tile, rng)
         self._compose.set_random_state(rng, random.Random(int(rng.integers(2**63))))
-        out = self._compose(
-            image=np.ascontiguousarray(tile.image.transpose(1, 2, 0)), mask=tile.mask
-        )
+        # The amount map follows the geometry as the mask does (nearest, never blended).
+        mask = tile.mask if tile.amount is None else np.stack([tile.mask, tile.amount], axis=-1)
+        out = self._compose(image=np.ascontiguousarray(tile.image.transpose(1, 2, 0)), mask=mask)
         image = np.ascontiguousarray(
             out["image"].reshape((*tile.image.shape[1:], -1)).transpose(2, 0, 1)
         )
-        return replace(tile, image=image.astype(np.float32, copy=False), mask=out["mask"])
+        mask, amount = out["mask"], None
+        if tile.amount is not None:
+            mask, amount = np.ascontiguousarray(mask[..., 0]), np.ascontiguousarray(mask[..., 1])
+        return replace(tile, image=image.astype(np.float32, copy=False), mask=mask, amount=amount)
 
 
 class EvalTransform:
