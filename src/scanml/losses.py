@@ -81,9 +81,10 @@ class DenseTileLoss(nn.Module):
       attenuation each cell's concealment changed (the tile's ``amount`` map
       averaged over the cell's footprint, in attenuation units: model units
       times ``amount_scale``), zero on clean cells, over the tiles whose
-      boxes record it, normalised by the cells that hold an object. The mask says *whether* a cell holds an object; this
-      asks *how much* material it changed, a question about physics rather
-      than about how a simulator draws a box.
+      boxes record it, normalised by the cells that hold an object. The
+      mask says *whether* a cell holds an object; this asks *how much*
+      material it changed, a question about physics rather than about how
+      a simulator draws a box.
 
     ``grid``: where the network's cells sit on its input (``network.grid``),
     so that each location is taught the object under its own footprint
