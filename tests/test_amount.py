@@ -27,7 +27,7 @@ def test_each_box_carries_its_annotated_contrast_onto_its_tiles(tiny_dataset: Pa
     record = next(r for r in dataset if r.boxes)
     assert all(isinstance(b.contrast, float) for b in record.boxes)  # scanml synth writes it
 
-    scan = prepare_record(record, pre, dataset.categories)
+    scan = prepare_record(record, pre, dataset.categories, amounts=True)
     expected = [b.contrast / pre.attenuation_scale for b in record.boxes]
     np.testing.assert_allclose(scan.box_amounts, expected, rtol=1e-6)
 
@@ -39,6 +39,7 @@ def test_each_box_carries_its_annotated_contrast_onto_its_tiles(tiny_dataset: Pa
         pre,
         sampler,
         transform=EvalTransform(),
+        amounts=True,
     )
     positives = [t for t in tiles if t.label == 1]
     assert positives
@@ -55,7 +56,7 @@ def test_a_box_without_contrast_leaves_the_tile_without_an_amount(tiny_dataset: 
     pre = Preprocessing(channels=("high",), spacing_mm=16.0)
     record = next(r for r in dataset if r.boxes)
     unknown = replace(record, boxes=[replace(b, contrast=None) for b in record.boxes])
-    scan = prepare_record(unknown, pre, dataset.categories)
+    scan = prepare_record(unknown, pre, dataset.categories, amounts=True)
     assert np.isnan(scan.box_amounts).all()
 
     sampler = TileSampler(
@@ -67,6 +68,7 @@ def test_a_box_without_contrast_leaves_the_tile_without_an_amount(tiny_dataset: 
             pre,
             sampler,
             transform=EvalTransform(),
+            amounts=True,
         )
     )
     assert tiles and all(t.amount is None for t in tiles)
@@ -142,7 +144,7 @@ def test_the_amount_head_learns_a_batch_and_survives_the_bundle(
     dataset = load_dataset(tiny_dataset)
     pre = Preprocessing(channels=("high",), spacing_mm=16.0)
     sampler = TileSampler(tile_size=64, tiles_per_scan=2, positive_fraction=0.5, seed=0)
-    tiles = TileDataset(dataset, pre, sampler, transform=EvalTransform(), seed=0)
+    tiles = TileDataset(dataset, pre, sampler, transform=EvalTransform(), seed=0, amounts=True)
     batch = collate_tiles([t for _, t in zip(range(8), iter(tiles), strict=False)])
     assert float(batch["amount"].abs().sum()) > 0 and batch["amount_known"].all()
 

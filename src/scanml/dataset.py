@@ -456,25 +456,23 @@ def _read_annotations(
     return [categories[i] for i in sorted(categories)], boxes
 
 
-def _concealment(annotation: Mapping[str, Any]) -> str | None:
-    """How the object was hidden: the annotation's own key, or its ``attributes``' (CVAT style)."""
+def _annotated(annotation: Mapping[str, Any], key: str) -> tuple[Any, Any]:
+    """``key`` as the annotation's own field, then as one of its ``attributes`` (CVAT style)."""
     attributes = annotation.get("attributes")
-    for value in (
-        annotation.get("concealment"),
-        attributes.get("concealment") if isinstance(attributes, dict) else None,
-    ):
+    return annotation.get(key), attributes.get(key) if isinstance(attributes, dict) else None
+
+
+def _concealment(annotation: Mapping[str, Any]) -> str | None:
+    """How the object was hidden: the annotation's own key, or its ``attributes``'."""
+    for value in _annotated(annotation, "concealment"):
         if isinstance(value, str) and value.strip():
             return value.strip()
     return None
 
 
 def _contrast(annotation: Mapping[str, Any]) -> float | None:
-    """The net attenuation change inside the box, where the annotation (or its ``attributes``) has one."""
-    attributes = annotation.get("attributes")
-    for value in (
-        annotation.get("contrast"),
-        attributes.get("contrast") if isinstance(attributes, dict) else None,
-    ):
+    """The net attenuation change inside the box, where the annotation records one."""
+    for value in _annotated(annotation, "contrast"):
         if _is_number(value):
             return float(value)
     return None

@@ -81,11 +81,16 @@ class Tile:
 
 
 def prepare_record(
-    record: ScanRecord, preprocessing: Preprocessing, categories: Sequence[str]
+    record: ScanRecord,
+    preprocessing: Preprocessing,
+    categories: Sequence[str],
+    *,
+    amounts: bool = False,
 ) -> PreparedScan:
     """Read a scan, bring it onto the model grid, and move its boxes there.
 
-    Raises ScanReadError when the file cannot be read.
+    ``amounts`` keeps each box's annotated contrast (``box_amounts``), for
+    the amount target. Raises ScanReadError when the file cannot be read.
     """
     scan = read_scan(record.path, spacing_mm=record.spacing_mm, site=record.site)
     return prepare_scan(
@@ -94,7 +99,7 @@ def prepare_record(
         scan_id=record.scan_id,
         boxes=[(b.x, b.y, b.w, b.h) for b in record.boxes],
         box_categories=[categories.index(b.category) for b in record.boxes],
-        box_contrasts=[b.contrast for b in record.boxes],
+        box_contrasts=[b.contrast for b in record.boxes] if amounts else None,
     )
 
 
@@ -416,6 +421,7 @@ class TileDataset(IterableDataset):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        amounts: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
@@ -442,6 +448,7 @@ class TileDataset(IterableDataset):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.amounts = amounts
         sampler.bind([r.scan_id for r in self.records])
         # Shared memory: set_epoch and the counters reach persistent workers.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -504,7 +511,7 @@ class TileDataset(IterableDataset):
             self._counters[1, scan_index] += 1
             return cached
         try:
-            scan = prepare_record(record, self.preprocessing, self.categories)
+            scan = prepare_record(record, self.preprocessing, self.categories, amounts=self.amounts)
         except ScanReadError as exc:
             self._counters[2, scan_index] += 1
             log.warning("skipping scan %s (%s): %s", record.scan_id, exc.path, exc.reason)

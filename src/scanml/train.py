@@ -157,6 +157,7 @@ def train(
         seed=config.seed,
         rank=world.rank,
         world_size=world.world_size,
+        amounts=config.train.amount_loss_weight > 0,  # per tile work only when it is learnt
     )
     loader = DataLoader(
         tiles,
