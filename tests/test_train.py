@@ -82,6 +82,8 @@ def test_killed_run_resumes_to_the_same_weights(
         "tracking.registered_model=null",
         "--set",
         "validation.overlays=0",
+        "--set",
+        "train.ema_decay=0.9",  # the weight average must resume too
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -142,8 +144,9 @@ def test_killed_run_resumes_to_the_same_weights(
     reference = torch.load(tmp_path / "straight" / "straight" / "last.pt", weights_only=True)
     continued = torch.load(last, weights_only=True)
     assert continued["state"]["epoch"] == reference["state"]["epoch"] == 3
-    for key, tensor in reference["model"].items():
-        assert torch.equal(tensor, continued["model"][key]), key
+    for part in ("model", "average"):
+        for key, tensor in reference[part].items():
+            assert torch.equal(tensor, continued[part][key]), (part, key)
 
     # same MLflow run, finished, with every epoch's metrics
     run_id = continued["state"]["mlflow_run_id"]

@@ -110,8 +110,14 @@ def save_checkpoint(
     state: TrainingState,
     config: Config,
     epoch: int,
+    *,
+    average: nn.Module | None = None,
 ) -> None:
-    """One flat dict (model, optimizer, scheduler, RNG, state, configuration), written atomically."""
+    """One flat dict (model, optimizer, scheduler, RNG, state, configuration), written atomically.
+
+    ``average`` is the weight average (``train.ema_decay``), saved beside the
+    weights as they are under ``"average"``.
+    """
     snapshot = TrainingState(**{**state.__dict__, "epoch": epoch})
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -122,6 +128,8 @@ def save_checkpoint(
         "rng": _rng_state(),
         "config": config.model_dump_json(),
     }
+    if average is not None:
+        payload["average"] = average.state_dict()
     write_atomically(path, lambda partial: torch.save(payload, partial))
 
 

@@ -218,6 +218,15 @@ class TrainConfig(_Section):
         "concealment changed, per output cell, where the annotations record it "
         "('contrast', as scanml synth writes); 0: no such head",
     )
+    ema_decay: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="keep an exponential moving average of the weights (and batch-norm "
+        "statistics), updated after every optimiser step with this decay (0.998: about "
+        "the last 500 steps), and make it the model: validation, hard-negative mining, "
+        "epoch snapshots and the saved bundle use the average; null: the weights as they are",
+    )
     dense_loss: Literal["bce", "focal"] = Field(
         default="bce",
         description="per-location loss: bce (mean over locations) or focal (RetinaNet: "

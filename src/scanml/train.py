@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -182,6 +183,9 @@ def train(
     ).to(device)
     if config.train.channels_last:
         network = network.to(memory_format=torch.channels_last)
+    average = _weight_average(network, config.train.ema_decay)
+    # What validation, mining, snapshots and the bundle see: the average where there is one.
+    model = network if average is None else average.module
     criterion = DenseTileLoss(
         config.train.dense_loss_weight,
         config.train.category_loss_weight,
@@ -209,6 +213,11 @@ def train(
     state = TrainingState()
     if checkpoint is not None:
         network.load_state_dict(checkpoint["model"])
+        if average is not None:
+            if "average" in checkpoint:
+                average.load_state_dict(checkpoint["average"])
+            else:  # a run saved without one: the average starts from its weights
+                log.warning("%s saved no weight average; it starts from the weights", run_dir)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         state = TrainingState.from_dict(checkpoint["state"])
@@ -293,6 +302,7 @@ def train(
                     epoch=epoch,
                     config=config,
                     progress=progress,
+                    average=average,
                 )
             tracker.log_metrics(
                 {f"train/{key}": value for key, value in epoch_stats.items()}, step=epoch
@@ -301,7 +311,7 @@ def train(
 
             if epoch % config.validation.every == 0 or epoch == config.train.epochs:
                 bundle = _bundle(
-                    network, config, preprocessing, threshold=0.5, run_id=state.mlflow_run_id
+                    model, config, preprocessing, threshold=0.5, run_id=state.mlflow_run_id
                 )
                 metrics, _ = distributed.validate_across(
                     world,
@@ -326,7 +336,14 @@ def train(
                     state.best_metric, state.best_epoch, state.stale_epochs = value, epoch, 0
                     if world.is_main:
                         save_checkpoint(
-                            run_dir / "best.pt", network, optimizer, scheduler, state, config, epoch
+                            run_dir / "best.pt",
+                            network,
+                            optimizer,
+                            scheduler,
+                            state,
+                            config,
+                            epoch,
+                            average=average,
                         )
                 else:
                     state.stale_epochs += 1
@@ -350,7 +367,7 @@ def train(
                 and epoch < (state.planned_epochs or config.train.epochs)
             ):
                 bundle = _bundle(
-                    network, config, preprocessing, threshold=0.5, run_id=state.mlflow_run_id
+                    model, config, preprocessing, threshold=0.5, run_id=state.mlflow_run_id
                 )
                 mined = mine_hard_negatives(
                     bundle,
@@ -386,13 +403,20 @@ def train(
                 )
             if config.train.keep_epoch_models and world.is_main:
                 snapshot = _bundle(
-                    network, config, preprocessing, threshold=0.5, run_id=state.mlflow_run_id
+                    model, config, preprocessing, threshold=0.5, run_id=state.mlflow_run_id
                 )
                 snapshot.metadata.update(epoch=epoch, elapsed_min=round(state.elapsed_s / 60, 3))
                 snapshot.save(run_dir / "epochs" / f"epoch-{epoch:03d}")
             if world.is_main:
                 save_checkpoint(
-                    run_dir / "last.pt", network, optimizer, scheduler, state, config, epoch
+                    run_dir / "last.pt",
+                    network,
+                    optimizer,
+                    scheduler,
+                    state,
+                    config,
+                    epoch,
+                    average=average,
                 )
             patience = config.train.early_stopping_patience
             if patience is not None and state.stale_epochs >= patience:
@@ -418,6 +442,7 @@ def train(
             device,
             progress,
             split_digest=dataset.digest,
+            average=average,
         )
         status = "FINISHED"
         return result
@@ -445,8 +470,12 @@ def train_one_epoch(
     epoch: int,
     config: Config,
     progress: bool = True,
+    average: AveragedModel | None = None,
 ) -> dict[str, float]:
-    """One pass over the epoch's tiles; returns mean losses, tile accuracy and throughput."""
+    """One pass over the epoch's tiles; returns mean losses, tile accuracy and throughput.
+
+    ``average`` (``train.ema_decay``) takes in the weights after every optimiser step.
+    """
     network.train()
     precision = autocast_dtype(device, config.train.amp)
     totals: dict[str, float] = {
@@ -480,6 +509,8 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if average is not None:
+            average.update_parameters(network)
 
         steps += 1
         n_tiles += images.shape[0]
@@ -517,12 +548,19 @@ def _finish(
     progress: bool,
     *,
     split_digest: str = "",
+    average: AveragedModel | None = None,
 ) -> TrainResult:
     best_path = run_dir / "best.pt"
     kept_epoch = state.epoch
     if config.train.keep == "best" and best_path.exists():
-        network.load_state_dict(load_checkpoint(best_path)["model"])
+        best = load_checkpoint(best_path)
+        if average is not None and "average" in best:
+            average.load_state_dict(best["average"])
+        else:
+            network.load_state_dict(best["model"])
         kept_epoch = state.best_epoch
+    if average is not None:  # the model is the average of the weights
+        network = average.module
     bundle = _bundle(network, config, preprocessing, threshold=0.5, run_id=state.mlflow_run_id)
     metrics, predictions = validate(
         bundle, val_records, device=device, config=config, progress=progress
@@ -550,6 +588,8 @@ def _finish(
         # evaluate --calibrate-far redraws the clean scans through the same chain
         calibration_chain=calibration_chain(config),
     )
+    if average is not None:
+        bundle.metadata["ema_decay"] = config.train.ema_decay
     if config.model.weights:
         bundle.metadata["parent"] = str(config.model.weights)
     bundle.save(bundle_dir)
@@ -609,6 +649,17 @@ def _bundle(
         region_threshold=config.validation.region_threshold,
         metadata={"run_id": run_id, "output_stride": network.output_stride},
     )
+
+
+def _weight_average(network: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of ``network``'s weights and batch-norm statistics.
+
+    The batch-norm statistics are averaged with the weights (``use_buffers``),
+    so the average needs no pass over the data to recompute them.
+    """
+    if decay is None:
+        return None
+    return AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _parameter_groups(network: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
