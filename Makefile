@@ -96,7 +96,9 @@ QUALITY_DIR ?= data/bench-quality
 bench-quality: $(STAMP)
 	$(SCANML) synth --out $(QUALITY_DIR)/train --n-scans 400 --seed 0 --sites antwerp,rotterdam --skip-existing
 	$(SCANML) synth --out $(QUALITY_DIR)/left-out-santos --n-scans 100 --seed 1 --sites santos --skip-existing
-	test -f $(QUALITY_DIR)/foreign/manifest.csv || $(PY) benchmarks/foreign_scans.py --out $(QUALITY_DIR)/foreign --n-scans 200 --seed 0
+# a foreign set written before the clean twins (no twin column) is rewritten
+	head -n 1 $(QUALITY_DIR)/foreign/manifest.csv 2>/dev/null | grep -q twin || \
+		{ rm -rf $(QUALITY_DIR)/foreign && $(PY) benchmarks/foreign_scans.py --out $(QUALITY_DIR)/foreign --n-scans 200 --seed 0; }
 	$(SCANML) bench --quality --out reports --data $(QUALITY_DIR)/train \
 		--left-out $(QUALITY_DIR)/left-out-santos --foreign $(QUALITY_DIR)/foreign
 

@@ -1934,16 +1934,22 @@ def _seeds(
 
 
 def _plan(n_scans: int, seed: int) -> list[tuple[int, str, int]]:
-    """(index, writer site, number of threats) per scan; about half anomalous."""
+    """(scene, writer site, number of threats) per pair of scans.
+
+    Scans come in pairs: one with 1-3 threats and its clean twin, the same
+    vehicle, load and acquisition without them (:func:`render_scan`). So the
+    clean and the anomalous scans show one distribution of scenes, and a
+    detector that scores a kind of cargo or container high cannot rank the
+    anomalous scans above the clean ones by it. An odd ``n_scans`` ends with
+    a clean scene of its own (threat count 0).
+    """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xF0E1]))
-    labels = np.zeros(n_scans, dtype=int)
-    labels[: n_scans // 2] = 1
-    rng.shuffle(labels)
+    n_pairs, single = divmod(n_scans, 2)
     sites = list(WRITERS)
-    writers = [sites[i % len(sites)] for i in range(n_scans)]
+    writers = [sites[i % len(sites)] for i in range(n_pairs + single)]
     rng.shuffle(writers)
-    counts = [int(rng.choice([1, 2, 3], p=[0.55, 0.3, 0.15])) if lab else 0 for lab in labels]
-    return [(i, writers[i], counts[i]) for i in range(n_scans)]
+    counts = [int(rng.choice([1, 2, 3], p=[0.55, 0.3, 0.15])) for _ in range(n_pairs)]
+    return [(i, writers[i], counts[i] if i < n_pairs else 0) for i in range(n_pairs + single)]
 
 
 def render_scan(seed: int, index: int, site: str, n_threats: int, with_threats: bool = True):
@@ -1975,12 +1981,17 @@ def render_scan(seed: int, index: int, site: str, n_threats: int, with_threats: 
     return pixels, cv, threats, info
 
 
-def _one(args: tuple[Path, int, int, str, int]) -> dict[str, Any]:
-    out_dir, seed, index, site, n_threats = args
-    pixels, cv, threats, info = render_scan(seed, index, site, n_threats)
-    scan_id = f"foreign-{seed}-{index:04d}"
+# A scene whose load leaves no place for a threat is redrawn under another
+# key, up to this many times, so every pair carries threats.
+_REDRAWS = 8
+_REDRAW_STRIDE = 1_000_003
+
+
+def _write(out_dir: Path, seed: int, number: int, site: str, rendered) -> dict[str, Any]:
+    pixels, cv, threats, info = rendered
+    scan_id = f"foreign-{seed}-{number:04d}"
     rel = f"scans/{scan_id}.dcm"
-    _write_dicom(out_dir / rel, pixels, WRITERS[site], cv, scan_id, seed, index)
+    _write_dicom(out_dir / rel, pixels, WRITERS[site], cv, scan_id, seed, number)
     return {
         "scan_id": scan_id,
         "path": rel,
@@ -1994,14 +2005,44 @@ def _one(args: tuple[Path, int, int, str, int]) -> dict[str, Any]:
     }
 
 
+def render_with_threats(seed: int, scene: int, site: str, n_threats: int):
+    """(key, render_scan's result) for the first draw of ``scene`` whose load takes a threat.
+
+    ``render_scan(seed, key, site, n_threats, with_threats=False)`` is its clean twin.
+    """
+    for redraw in range(_REDRAWS + 1):
+        key = scene + redraw * _REDRAW_STRIDE
+        rendered = render_scan(seed, key, site, n_threats)
+        if rendered[2]:
+            break
+    return key, rendered
+
+
+def _one(args: tuple[Path, int, int, str, int]) -> list[dict[str, Any]]:
+    """One planned scene: the scan with its threats and its clean twin, or a clean scan alone."""
+    out_dir, seed, scene, site, n_threats = args
+    if not n_threats:
+        return [_write(out_dir, seed, 2 * scene, site, render_scan(seed, scene, site, 0))]
+    key, rendered = render_with_threats(seed, scene, site, n_threats)
+    anomalous = _write(out_dir, seed, 2 * scene, site, rendered)
+    twin = _write(
+        out_dir, seed, 2 * scene + 1, site, render_scan(seed, key, site, n_threats, False)
+    )
+    anomalous["twin"], twin["twin"] = twin["scan_id"], anomalous["scan_id"]
+    return [anomalous, twin]
+
+
 def generate_foreign_dataset(
     out_dir: str | os.PathLike[str], n_scans: int = 200, seed: int = 0, workers: int = 2
 ) -> Path:
     """Write ``n_scans`` foreign scans, ``manifest.csv`` and ``annotations.json`` under ``out_dir``.
 
-    Deterministic for a seed, whatever ``workers`` is. A planned anomalous scan
-    whose threats found no place is written as clean (label 0), so labels always
-    agree with the boxes.
+    Deterministic for a seed, whatever ``workers`` is. The scans come in
+    pairs (:func:`_plan`): ``foreign-<seed>-<2k>`` carries threats and
+    ``foreign-<seed>-<2k+1>`` is its clean twin (the manifest's ``twin`` column
+    names the other). A scene whose load leaves no place for a threat is
+    redrawn; should every redraw fail, the pair is written as two clean scans
+    of that scene, so labels always agree with the boxes.
     """
     out = Path(out_dir)
     (out / "scans").mkdir(parents=True, exist_ok=True)
@@ -2011,9 +2052,10 @@ def generate_foreign_dataset(
             "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         )
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            results = list(pool.map(_one, jobs, chunksize=1))
+            pairs = list(pool.map(_one, jobs, chunksize=1))
     else:
-        results = [_one(job) for job in jobs]
+        pairs = [_one(job) for job in jobs]
+    results = [scan for pair in pairs for scan in pair]
     with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
         w = csv.writer(handle)
         w.writerow(
@@ -2027,6 +2069,7 @@ def generate_foreign_dataset(
                 "col_spacing_mm",
                 "container",
                 "cargo",
+                "twin",
             ]
         )
         for r in results:
@@ -2041,6 +2084,7 @@ def generate_foreign_dataset(
                     f"{r['spacing'][1]:.4f}",
                     r["info"]["container"],
                     ";".join(r["info"]["cargo"]),
+                    r.get("twin", ""),
                 ]
             )
     coco: dict[str, Any] = {

@@ -38,7 +38,7 @@ def foreign():
 @pytest.fixture(scope="module")
 def dataset_dir(foreign, tmp_path_factory):
     out = tmp_path_factory.mktemp("foreign")
-    foreign.generate_foreign_dataset(out, n_scans=4, seed=3, workers=2)
+    foreign.generate_foreign_dataset(out, n_scans=6, seed=3, workers=2)
     return out
 
 
@@ -49,9 +49,9 @@ def test_generator_does_not_use_scanml():
 
 def test_contract_is_met(dataset_dir):
     dataset = load_dataset(dataset_dir)
-    assert len(dataset) == 4
+    assert len(dataset) == 6
     assert {r.split for r in dataset} == {"test"}
-    assert sum(r.label for r in dataset) == 2
+    assert sum(r.label for r in dataset) == 3  # three scenes, each with its clean twin
     assert set(dataset.categories) == {"drugs", "weapon", "cigarettes", "other"}
     coco = json.loads((dataset_dir / "annotations.json").read_text())
     sizes = {image["file_name"]: (image["width"], image["height"]) for image in coco["images"]}
@@ -72,6 +72,33 @@ def test_contract_is_met(dataset_dir):
             assert box.w >= 3 and box.h >= 3
 
 
+def test_each_anomalous_scan_has_a_clean_twin_of_the_same_scene(dataset_dir):
+    """Clean and anomalous scans share their scenes: only the threats tell them apart."""
+    dataset = load_dataset(dataset_dir)
+    by_id = {record.scan_id: record for record in dataset}
+    anomalous = [record for record in dataset if record.label == 1]
+    assert len(anomalous) == 3
+    for record in anomalous:
+        twin = by_id[record.extras["twin"]]
+        assert twin.label == 0 and not twin.boxes and twin.extras["twin"] == record.scan_id
+        assert (twin.site, twin.extras["container"], twin.extras["cargo"]) == (
+            record.site,
+            record.extras["container"],
+            record.extras["cargo"],
+        )
+        scan, clean = read_scan(record.path), read_scan(twin.path)
+        assert scan.spacing_mm == clean.spacing_mm
+        diff = np.abs(scan.attenuation[0] - clean.attenuation[0])
+        near = np.zeros(diff.shape, dtype=bool)
+        for box in record.boxes:
+            x, y, w, h = (int(v) for v in (box.x, box.y, box.w, box.h))
+            assert float(diff[y : y + h, x : x + w].mean()) > 0.02
+            near[max(y - 150, 0) : y + h + 150, max(x - 150, 0) : x + w + 150] = True
+        # The same noise: far from the threats the two files agree but for
+        # the scatter glow's faint reach.
+        assert float(np.percentile(diff[~near], 99)) < 0.01
+
+
 def test_files_follow_each_writer_convention(foreign, dataset_dir):
     seen = set()
     for path in sorted((dataset_dir / "scans").glob("*.dcm")):
@@ -89,9 +116,8 @@ def test_files_follow_each_writer_convention(foreign, dataset_dir):
 
 def test_threats_add_attenuation_over_what_they_replace(foreign, tmp_path):
     """Same vehicle, load and noise with and without the threats: each box gets denser."""
-    plan = [p for p in foreign._plan(20, 11) if p[2] > 0][:2]
-    for index, site, n in plan:
-        pixels, cv, threats, _ = foreign.render_scan(11, index, site, n)
+    for scene, site, n in foreign._plan(20, 11)[:2]:
+        index, (pixels, cv, threats, _) = foreign.render_with_threats(11, scene, site, n)
         clean_pixels, clean_cv, _, _ = foreign.render_scan(11, index, site, n, with_threats=False)
         assert threats
         diff = np.tensordot(foreign.MU_HIGH, cv.maps - clean_cv.maps, axes=1)
