@@ -16,7 +16,12 @@ from scanml.baseline import LocalContrastDetector
 from scanml.dataset import load_dataset
 from scanml.io import Scan
 from scanml.metrics import ScanOutcome
-from scanml.quality import _curve_snapshots, bootstrap_metrics, run_quality_benchmark
+from scanml.quality import (
+    _curve_snapshots,
+    bootstrap_metrics,
+    run_quality_benchmark,
+    twin_metrics,
+)
 from scanml.synth import generate_dataset
 
 
@@ -48,6 +53,33 @@ def test_bootstrap_intervals_bracket_the_estimate_and_shrink_with_more_scans() -
         assert 0.5 < auroc.value < 1.0
     assert (large["auroc"].high - large["auroc"].low) < (small["auroc"].high - small["auroc"].low)
     assert math.isnan(small["pointing"].value)  # no boxes: undefined, never a made-up number
+
+
+def test_each_anomalous_scan_is_compared_with_its_clean_twin() -> None:
+    from scanml.data import ScanRecord
+
+    # Four pairs: the anomalous scan above, equal to, below and above its twin;
+    # one anomalous scan without a twin and one clean scan without a pair.
+    scores = {"a0": 0.9, "c0": 0.2, "a1": 0.5, "c1": 0.5, "a2": 0.1, "c2": 0.3, "a3": 0.7}
+    scores |= {"c3": 0.6, "lone": 0.8, "clean": 0.95}
+    twins = {"a0": "c0", "c0": "a0", "a1": "c1", "c1": "a1", "a2": "c2", "c2": "a2"}
+    twins |= {"a3": "c3", "c3": "a3"}
+    records = [
+        ScanRecord(k, Path(f"{k}.dcm"), int(k[0] != "c" and k != "clean"), "x", extras=extra)
+        for k in scores
+        for extra in [{"twin": twins[k]} if k in twins else {}]
+    ]
+    outcomes = [ScanOutcome(r.scan_id, "x", r.label, scores[r.scan_id]) for r in records]
+
+    result = twin_metrics(records, outcomes, n_resamples=500)
+
+    assert result.n_pairs == 4
+    above, equal = result.metrics["above_twin"], result.metrics["equal_twin"]
+    assert above.value == 0.5 and equal.value == 0.25
+    assert above.low <= above.value <= above.high and above.low < above.high
+    # A set without twins says nothing rather than a made-up number.
+    lone = twin_metrics(records[-2:], outcomes[-2:])
+    assert lone.n_pairs == 0 and lone.metrics == {}
 
 
 def test_learning_curve_takes_the_last_snapshot_before_each_mark_and_the_final_one() -> None:
@@ -130,9 +162,15 @@ def test_quality_benchmark_end_to_end(tiny_dataset: Path, tmp_path: Path, mlflow
     assert set(foreign_result.by_concealment) == hidden_in_foreign - {None}
     assert sum(n for n, _ in foreign_result.by_concealment.values()) >= foreign_result.n_anomalous
     assert all(not r.by_concealment for r in report.baseline)
+    # The independent generator pairs each anomalous scan with a clean twin.
+    assert foreign_result.n_twin_pairs == foreign_result.n_anomalous == 3
+    assert report.baseline[2].n_twin_pairs == 3 and report.model[0].n_twin_pairs == 0
+    twin = foreign_result.metrics["above_twin"]
+    assert twin.low <= twin.value <= twin.high
     markdown = (tmp_path / "reports" / "quality.md").read_text()
     assert "(c) independent generator" in markdown and "Baseline" in markdown
     assert "by how they were hidden" in markdown
+    assert "| model | (c) independent generator | 3 |" in markdown
     for kind in foreign_result.by_concealment:
         assert f"| (c) independent generator | {kind} |" in markdown
     assert (

@@ -84,6 +84,8 @@ class SetResult:
     metrics: dict[str, Interval]
     # concealment -> (anomalous scans hidden that way, their metrics against every clean scan)
     by_concealment: dict[str, tuple[int, dict[str, Interval]]] = field(default_factory=dict)
+    # anomalous scans paired with a clean twin; ``twin_metrics`` for them
+    n_twin_pairs: int = 0
 
 
 @dataclass
@@ -114,6 +116,7 @@ class QualityReport:
                     "n_anomalous": r.n_anomalous,
                     "n_failed": r.n_failed,
                     "metrics": {k: vars(v) for k, v in r.metrics.items()},
+                    "n_twin_pairs": r.n_twin_pairs,
                     "by_concealment": {
                         how: {"n_anomalous": n, "metrics": {k: vars(v) for k, v in m.items()}}
                         for how, (n, m) in r.by_concealment.items()
@@ -162,6 +165,20 @@ class QualityReport:
         ]
         for title, items in (("Model (default preset)", self.model), ("Baseline", self.baseline)):
             lines += [f"## {title}", "", *_table(items), ""]
+        if any(result.n_twin_pairs for result in self.model + self.baseline):
+            lines += [
+                "## Each anomalous scan against its clean twin",
+                "",
+                "Where a set pairs each anomalous scan with a clean twin (the same scene, load and "
+                "acquisition without the threats: the independent generator's `twin` column), "
+                "the share of pairs whose anomalous scan scores higher, and the share that score "
+                "exactly the same (the scan's maximum lies where the threats changed nothing). "
+                "A detector that sees the threats scores every anomalous scan above its twin; "
+                "the scenes cannot help it here. 95 % bootstrap intervals over pairs.",
+                "",
+                *_twin_table(self.model, self.baseline),
+                "",
+            ]
         if any(result.by_concealment for result in self.model):
             lines += [
                 "## Where the model finds threats, by how they were hidden",
@@ -345,6 +362,7 @@ def _measure(
 ) -> SetResult:
     """One detector on one set; with ``breakdown``, also per concealment kind."""
     outcomes = [score(record, scan) for record, scan in data.loaded]
+    twins = twin_metrics([record for record, _ in data.loaded], outcomes, n_resamples=bootstrap)
     by_concealment: dict[str, tuple[int, dict[str, Interval]]] = {}
     if breakdown:
         clean = [o for o in outcomes if o.label == 0]
@@ -364,8 +382,12 @@ def _measure(
         n_scans=len(outcomes),
         n_anomalous=sum(o.label for o in outcomes),
         n_failed=len(data.failures),
-        metrics=bootstrap_metrics(outcomes, threshold=threshold, n_resamples=bootstrap),
+        metrics={
+            **bootstrap_metrics(outcomes, threshold=threshold, n_resamples=bootstrap),
+            **twins.metrics,
+        },
         by_concealment=by_concealment,
+        n_twin_pairs=twins.n_pairs,
     )
 
 
@@ -399,6 +421,56 @@ def bootstrap_metrics(
         low, high = np.percentile(values, [2.5, 97.5]) if values.size else (math.nan, math.nan)
         intervals[key] = Interval(float(value), float(low), float(high))
     return intervals
+
+
+@dataclass(frozen=True)
+class TwinMetrics:
+    """Anomalous scans against their clean twins: ``above_twin`` and ``equal_twin``."""
+
+    n_pairs: int
+    metrics: dict[str, Interval]
+
+
+def twin_metrics(
+    records: Sequence[ScanRecord],
+    outcomes: Sequence[ScanOutcome],
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> TwinMetrics:
+    """Each anomalous scan against its clean twin, where the manifest pairs them.
+
+    A record's ``twin`` (a manifest column) names a scan of the same scene
+    without the threats. ``above_twin`` is the share of pairs whose
+    anomalous scan scores higher, ``equal_twin`` the share that score the
+    same; both with 95 % percentile-bootstrap intervals over pairs. Scenes
+    cannot move either figure, only what the threats changed.
+    """
+    clean = {
+        record.scan_id: outcome.score
+        for record, outcome in zip(records, outcomes, strict=True)
+        if outcome.label == 0
+    }
+    pairs = np.asarray(
+        [
+            (outcome.score, clean[twin])
+            for record, outcome in zip(records, outcomes, strict=True)
+            if outcome.label == 1 and (twin := str(record.extras.get("twin") or "")) in clean
+        ],
+        dtype=np.float64,
+    ).reshape(-1, 2)
+    if not len(pairs):
+        return TwinMetrics(0, {})
+    resamples = np.random.default_rng(seed).integers(len(pairs), size=(n_resamples, len(pairs)))
+    metrics = {}
+    for key, flags in (
+        ("above_twin", pairs[:, 0] > pairs[:, 1]),
+        ("equal_twin", pairs[:, 0] == pairs[:, 1]),
+    ):
+        shares = flags[resamples].mean(axis=1) if n_resamples else np.full(1, flags.mean())
+        low, high = np.percentile(shares, [2.5, 97.5])
+        metrics[key] = Interval(float(flags.mean()), float(low), float(high))
+    return TwinMetrics(len(pairs), metrics)
 
 
 def _headline(outcomes: Sequence[ScanOutcome], threshold: float) -> dict[str, float]:
@@ -470,6 +542,22 @@ def _concealment_table(items: list[SetResult]) -> list[str]:
                 f"| {result.name} | {kind} | {n} | {m['auroc']} | {m['dr_at_1pct_far']} | "
                 f"{m['pointing']} |"
             )
+    return rows
+
+
+def _twin_table(model: list[SetResult], baseline: list[SetResult]) -> list[str]:
+    rows = [
+        "| detector | set | pairs | anomalous scan above its twin | equal to its twin |",
+        "|---|---|---:|---|---|",
+    ]
+    for who, items in (("model", model), ("baseline", baseline)):
+        for result in items:
+            if result.n_twin_pairs:
+                m = result.metrics
+                rows.append(
+                    f"| {who} | {result.name} | {result.n_twin_pairs} | {m['above_twin']} | "
+                    f"{m['equal_twin']} |"
+                )
     return rows
 
 
