@@ -95,6 +95,11 @@ def test_promote_takes_the_name_from_the_run(store: dict[str, str], tmp_path: Pa
     change = promote("1", default_name="scanml-anomaly")
     assert (change.version, change.previous) == ("1", "2")
     assert promote(store["a"][:12]).version == "1"  # the prefix compare used to show
+    # A run id whose prefix happens to be all decimal digits is still a run.
+    digits = "735516538688"
+    assert digits.isdigit()
+    with pytest.raises(RegistryLookupError, match=digits):
+        promote(digits)
     with pytest.raises(RegistryLookupError, match=r"has no version '7'.*versions 1, 2"):
         promote("7", default_name="scanml-anomaly")
     with pytest.raises(RegistryLookupError, match=r"no run 'deadbeef'.*experiments: "):

@@ -125,7 +125,9 @@ def promote(
     """
     tracking_uri = resolve_tracking_uri()
     client = MlflowClient(tracking_uri)
-    if target.isdigit():
+    # A version number is short; a run id prefix (12 hex digits as compare
+    # shows it) can be all decimal digits too, about once in 280 runs.
+    if target.isdigit() and len(target) < 8:
         name = name or default_name
         if not name:
             raise RegistryLookupError(f"version {target}: which registered model? pass --name")
