@@ -282,6 +282,14 @@ def train(
 
     # -- the epoch loop -----------------------------------------------------------------
     bundle_dir = run_dir / "model"
+    checkpoint_to = functools.partial(  # best.pt and last.pt: the same parts, saved whole
+        save_checkpoint,
+        network=network,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        config=config,
+        average=average,
+    )
     status = "FAILED"
     budget_s = config.train.time_budget_min * 60 if config.train.time_budget_min else None
     try:
@@ -335,16 +343,7 @@ def train(
                 if improved:
                     state.best_metric, state.best_epoch, state.stale_epochs = value, epoch, 0
                     if world.is_main:
-                        save_checkpoint(
-                            run_dir / "best.pt",
-                            network,
-                            optimizer,
-                            scheduler,
-                            state,
-                            config,
-                            epoch,
-                            average=average,
-                        )
+                        checkpoint_to(run_dir / "best.pt", state=state, epoch=epoch)
                 else:
                     state.stale_epochs += 1
                 flat = metrics.to_flat_dict()
@@ -408,16 +407,7 @@ def train(
                 snapshot.metadata.update(epoch=epoch, elapsed_min=round(state.elapsed_s / 60, 3))
                 snapshot.save(run_dir / "epochs" / f"epoch-{epoch:03d}")
             if world.is_main:
-                save_checkpoint(
-                    run_dir / "last.pt",
-                    network,
-                    optimizer,
-                    scheduler,
-                    state,
-                    config,
-                    epoch,
-                    average=average,
-                )
+                checkpoint_to(run_dir / "last.pt", state=state, epoch=epoch)
             patience = config.train.early_stopping_patience
             if patience is not None and state.stale_epochs >= patience:
                 log.info(
