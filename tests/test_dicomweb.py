@@ -188,3 +188,38 @@ def _env() -> dict[str, str]:
         [str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")]
     )
     return env
+
+
+def test_a_store_that_goes_away_mid_answer_is_unavailable_not_unfetchable(
+    tmp_path: Path,
+) -> None:
+    """A body cut short is the store going away (try again), not a bad instance (skip it)."""
+    import http.server
+    import threading
+
+    from orthanc_server import free_port
+    from scanml.dicomweb import DicomwebStore, StoreUnavailableError
+
+    class CutShort(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", 'multipart/related; type="application/dicom"')
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"--x\r\nContent-Type: application/dicom\r\n\r\n" + b"\0" * 4000)
+            self.wfile.flush()
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), CutShort)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        store = DicomwebStore(f"dicomweb://127.0.0.1:{server.server_port}/dicom-web")
+        instance = RemoteInstance("1.2", "1.2.3", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.1.1", None)
+        with pytest.raises(StoreUnavailableError, match=r"cannot reach http://127\.0\.0\.1:"):
+            store.fetch(instance, tmp_path)
+    finally:
+        server.shutdown()
+    assert not list(tmp_path.iterdir()), "nothing half-written is left in the spool"

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 import pydicom
 import requests
+import urllib3
 from dicomweb_client import DICOMwebClient
 
 from scanml.fsutil import write_atomically
@@ -227,7 +228,7 @@ class DicomwebStore:
     def _call(self, what: str, method, *args, **kwargs):
         try:
             return method(*args, **kwargs)
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except _INTERRUPTED as exc:
             raise StoreUnavailableError(
                 f"cannot reach {self.location.url} to {what}: {_first_line(exc)}"
             ) from None
@@ -235,6 +236,18 @@ class DicomwebStore:
             status = exc.response.status_code if exc.response is not None else None
             kind = StoreUnavailableError if status is None or status >= 500 else DicomwebError
             raise kind(f"{self.location.url} answered {status} to {what}") from None
+
+
+# A store that cannot be reached, or that went away part-way through an
+# answer (a body cut short surfaces as requests' ChunkedEncodingError, or as
+# urllib3's ProtocolError where the body is streamed): try again later, never
+# "this instance is unfetchable".
+_INTERRUPTED = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.ProtocolError,
+)
 
 
 class ReportPublisher:
