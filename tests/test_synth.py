@@ -335,3 +335,15 @@ def test_scene_variety_adds_cars_and_leaves_default_scenes_alone() -> None:
     # blocks, wheels and floor pans, many times the empty container's steel.
     added = scan.attenuation[0] - empty.attenuation[0]
     assert float((added > 2.0).sum()) > 200
+
+
+def test_a_brick_stack_s_seams_range_from_gaps_through_it_to_an_even_slab() -> None:
+    from scanml.synth.contraband import _BrickGrid
+
+    xs, ys = np.meshgrid(np.linspace(0.0, 40.0, 401), np.linspace(0.0, 20.0, 201))
+    amount = np.ones((2, 2), np.float32)
+    through = _BrickGrid(0.0, 0.0, 20.0, 10.0, 30.0, amount, 0.5, seam=1.0)(xs, ys)
+    staggered = _BrickGrid(0.0, 0.0, 20.0, 10.0, 30.0, amount, 0.5, seam=0.05)(xs, ys)
+    assert through.min() == 0.0 and through.max() == pytest.approx(30.0, rel=1e-3)
+    assert staggered.min() == pytest.approx(30.0 * 0.95, rel=1e-3)
+    assert (staggered >= through).all()

@@ -31,6 +31,9 @@ PAPER = MATERIALS["paper"]
 COPPER = MATERIALS["copper"]
 WOOD = MATERIALS["wood"]
 BOARD = 0.5  # cm of corrugated board in a case wall
+# The seams' depth between bricks, drawn log-uniformly per stack: from a slab
+# whose seams barely show (staggered layers) to gaps through the whole stack.
+SEAM_STRENGTH = (0.05, 1.0)
 
 
 @dataclass(frozen=True)
@@ -118,11 +121,12 @@ def bricks(
         depth,
         rng.normal(1.0, 0.05, (n_y, n_x)).astype(np.float32),
         rng.uniform(0.2, 0.8),
+        _log_uniform(rng, *SEAM_STRENGTH),
     )
     density = rng.uniform(0.95, 1.25) * material.density
     _deposit_with_displacement(canvas, material, x0, x0 + w, y0, y0 + h, grid, density, host)
     canvas.box(PLASTIC, x0, x0 + w, y0, y0 + h, lambda xs, ys: 0.03 * grid(xs, ys))
-    fill = float(grid.amount.mean()) * 0.9
+    fill = float(grid.amount.mean()) * (1.0 - 0.1 * grid.seam)
     return Placed(material.name, density * w * h * depth * fill / 1000.0)
 
 
@@ -283,6 +287,11 @@ class _BrickGrid:
     depth: float
     amount: np.ndarray  # [rows, columns]
     gap: float
+    # How far the path drops at a seam, as a fraction of the brick's own
+    # depth: 1 where every brick along the ray sits in the same column (the
+    # gaps line up), near 0 where the layers are staggered or pressed
+    # together and the stack projects as an almost even slab.
+    seam: float = 1.0
 
     def __call__(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         n_y, n_x = self.amount.shape
@@ -295,7 +304,7 @@ class _BrickGrid:
         profile = np.sqrt(
             np.maximum(1.0 - (np.abs(u) / edge_u) ** 8 - (np.abs(v) / edge_v) ** 8, 0.0)
         )
-        return self.depth * self.amount[row, col] * profile
+        return self.depth * self.amount[row, col] * (1.0 - self.seam * (1.0 - profile))
 
 
 def _deposit_with_displacement(
