@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING
 
 import pydicom
 import requests
-import urllib3
 from dicomweb_client import DICOMwebClient
 
 from scanml.fsutil import write_atomically
@@ -239,14 +238,12 @@ class DicomwebStore:
 
 
 # A store that cannot be reached, or that went away part-way through an
-# answer (a body cut short surfaces as requests' ChunkedEncodingError, or as
-# urllib3's ProtocolError where the body is streamed): try again later, never
-# "this instance is unfetchable".
+# answer (requests raises ChunkedEncodingError for a body cut short, read
+# whole or streamed): try again later, never "this instance is unfetchable".
 _INTERRUPTED = (
     requests.ConnectionError,
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
-    urllib3.exceptions.ProtocolError,
 )
 
 
