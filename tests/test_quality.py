@@ -17,12 +17,16 @@ from scanml.dataset import load_dataset
 from scanml.io import Scan
 from scanml.metrics import ScanOutcome
 from scanml.quality import (
+    QualityReport,
     _curve_snapshots,
+    _Loaded,
+    _measure,
     bootstrap_metrics,
     run_quality_benchmark,
     twin_metrics,
 )
 from scanml.synth import generate_dataset
+from scanml.visibility import threat_visibility
 
 
 def _foreign_generator():
@@ -125,6 +129,155 @@ def test_baseline_threshold_is_calibrated_like_every_scanml_threshold() -> None:
     with pytest.warns(CalibrationWarning, match="at least 10"):
         threshold = detector.calibrate(scans, far=0.1)
     assert threshold == detector.threshold == threshold_at_far(scores, 0.1) == max(scores)
+
+
+def _cluttered_scan(seed: int, shape: tuple[int, int], spacing_mm: float) -> Scan:
+    """A clean scan: cargo texture (5 % of the attenuation, ~3-pixel grain) and detector noise."""
+    import numpy as np
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    texture = ndimage.gaussian_filter(rng.normal(size=shape), 3)
+    attenuation = 1.0 + 0.05 * texture / texture.std() + 0.01 * rng.normal(size=shape)
+    return Scan(attenuation.astype("float32")[None], (spacing_mm, spacing_mm), ["high"], {})
+
+
+def _with_block(clean: Scan, change: float, rows: slice, cols: slice) -> Scan:
+    """The clean scan's anomalous twin: the same pixels and noise, ``change`` added in a block."""
+    attenuation = clean.attenuation.copy()
+    attenuation[:, rows, cols] += change
+    return Scan(attenuation, clean.spacing_mm, clean.channels, {})
+
+
+def test_threat_visibility_grows_with_the_change_and_is_nothing_where_nothing_changed() -> None:
+    from scanml.data import Box
+
+    # 5 mm pixels: measured after resampling to 8 mm, as a scan of any scanner is.
+    clean = _cluttered_scan(0, (300, 600), 5.0)
+    threat = Box(200, 100, 40, 30, "drugs")
+    untouched = Box(400, 200, 30, 30, "drugs")
+    ratios = []
+    for change in (0.0, 0.02, 0.05, 0.1, 0.2):
+        scan = _with_block(clean, change, slice(100, 130), slice(200, 240))
+        ccr, elsewhere = threat_visibility(scan, clean, [threat, untouched])
+        assert elsewhere == 0.0  # the same scene and noise: no change, no visibility
+        ratios.append(ccr)
+    assert ratios[0] == 0.0
+    assert ratios == sorted(set(ratios))  # strictly increasing
+    # The change over a fixed clutter: twice the change, twice the ratio.
+    assert ratios[4] == pytest.approx(2 * ratios[3], rel=0.02)
+    # 0.02 of attenuation over 5 % texture and 1 % noise: fainter than the clutter.
+    assert ratios[1] < 0.5 < ratios[2]
+    # Not a twin: another shape is refused, not compared pixel by pixel.
+    with pytest.raises(ValueError, match="twin"):
+        threat_visibility(
+            _with_block(clean, 0.1, slice(100, 130), slice(200, 240)),
+            _cluttered_scan(0, (300, 500), 5.0),
+            [threat],
+        )
+
+
+def test_breakdown_by_visibility_bins_each_anomalous_scan_with_a_twin_once() -> None:
+    from scanml.data import Box, ScanRecord
+
+    # Pairs whose threat ranges from invisible to plain (CCR ~0.2, ~0.8, ~1.5, ~3.5, ~7),
+    # an anomalous scan without a twin, and one whose "twin" has other pixels.
+    changes = {"faint": 0.008, "weak": 0.033, "fair": 0.065, "plain": 0.15, "bold": 0.3}
+    box = Box(200, 100, 40, 30, "drugs", concealment="cargo")
+    loaded = []
+    for seed, (name, change) in enumerate(changes.items()):
+        clean = _cluttered_scan(seed, (300, 600), 8.0)
+        scan = _with_block(clean, change, slice(100, 130), slice(200, 240))
+        loaded += [
+            (
+                ScanRecord(
+                    name, Path(f"{name}.dcm"), 1, "x", boxes=[box], extras={"twin": f"{name}-clean"}
+                ),
+                scan,
+            ),
+            (
+                ScanRecord(
+                    f"{name}-clean", Path(f"{name}-clean.dcm"), 0, "x", extras={"twin": name}
+                ),
+                clean,
+            ),
+        ]
+    lone = _with_block(_cluttered_scan(10, (300, 600), 8.0), 0.3, slice(100, 130), slice(200, 240))
+    loaded.append((ScanRecord("lone", Path("lone.dcm"), 1, "x", boxes=[box]), lone))
+    odd = _with_block(_cluttered_scan(11, (300, 600), 8.0), 0.3, slice(100, 130), slice(200, 240))
+    loaded += [
+        (
+            ScanRecord("odd", Path("odd.dcm"), 1, "x", boxes=[box], extras={"twin": "odd-clean"}),
+            odd,
+        ),
+        (
+            ScanRecord("odd-clean", Path("odd-clean.dcm"), 0, "x", extras={"twin": "odd"}),
+            _cluttered_scan(11, (300, 500), 8.0),
+        ),
+    ]
+    data = _Loaded(loaded, failures=[])
+    detector = LocalContrastDetector(threshold=0.2)
+
+    result = _measure("(c) twins", data, detector.outcome, 0.2, 50, breakdown=True)
+
+    assert result.n_anomalous == 7 and result.n_twin_pairs == 6
+    assert {label: n for label, (n, _) in result.by_visibility.items()} == {
+        "< 0.5": 1,
+        "0.5-1": 1,
+        "1-2": 1,
+        ">= 2": 2,
+    }
+    assert list(result.by_visibility) == ["< 0.5", "0.5-1", "1-2", ">= 2"]
+    plain = result.by_visibility[">= 2"][1]["auroc"]
+    assert plain.low <= plain.value <= plain.high
+    # Measured once per set: every later detector (the baseline, each snapshot) reuses it.
+    assert data.visibility() is data.visibility()
+    assert sorted(data.visibility()) == sorted(changes)
+    # Without the breakdown (the baseline, the learning curve) nothing is binned.
+    assert not _measure("(c) twins", data, detector.outcome, 0.2, 50).by_visibility
+    # A set without twins has no visibility at all.
+    alone = _measure("(a)", _Loaded(loaded[-3:-2], []), detector.outcome, 0.2, 50, breakdown=True)
+    assert alone.by_visibility == {}
+
+    report = QualityReport("configs/default.yaml", 1.0, 1.0, 1, 1, 0.5, model=[result])
+    markdown = report.to_markdown("scanml bench --quality")
+    assert "## Where the model finds threats, by how visible they are" in markdown
+    assert markdown.index("by how they were hidden") < markdown.index("by how visible they are")
+    assert (
+        "| set | best threat CCR | anomalous scans | AUROC | DR @ 1 % FAR | pointing |" in markdown
+    )
+    assert "| (c) twins | >= 2 | 2 |" in markdown and "| (c) twins | < 0.5 | 1 |" in markdown
+    listed = report.to_dict()["model"][0]["by_visibility"]
+    assert listed["0.5-1"]["n_anomalous"] == 1 and "auroc" in listed["0.5-1"]["metrics"]
+    # Without twins, no section.
+    bare = QualityReport("configs/default.yaml", 1.0, 1.0, 1, 1, 0.5, model=[alone])
+    assert "by how visible they are" not in bare.to_markdown("scanml bench --quality")
+
+
+def test_independent_generator_threats_are_measured_against_their_real_twins(
+    tmp_path: Path,
+) -> None:
+    from scanml.quality import _read_all
+    from scanml.visibility import scan_visibility
+
+    # Two pairs as the benchmark reads them: DICOM files at the generator's own spacings.
+    foreign = _foreign_generator()(tmp_path / "foreign", n_scans=4, seed=0, workers=1)
+    data = _read_all(load_dataset(foreign).records)
+    by_id = {record.scan_id: (record, scan) for record, scan in data.loaded}
+    anomalous = [(record, scan) for record, scan in data.loaded if record.label == 1]
+    assert len(anomalous) == 2 and not data.failures
+
+    visibility = data.visibility()
+    assert sorted(visibility) == sorted(record.scan_id for record, _ in anomalous)
+    for record, scan in anomalous:
+        twin = by_id[record.extras["twin"]][1]
+        assert scan.spacing_mm != (8.0, 8.0)  # resampled, as for any scanner
+        ratios = threat_visibility(scan, twin, record.boxes)
+        assert len(ratios) == len(record.boxes) and all(r > 0 for r in ratios)
+        assert visibility[record.scan_id] == max(ratios)
+        # The twin against itself: the same scene, nothing changed anywhere.
+        assert threat_visibility(twin, twin, record.boxes) == [0.0] * len(record.boxes)
+    assert scan_visibility(data.loaded) == visibility
 
 
 @pytest.mark.slow

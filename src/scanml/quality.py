@@ -39,6 +39,7 @@ from scanml.io import Scan, ScanReadError, read_scan
 from scanml.metrics import ScanOutcome, compute_metrics
 from scanml.models import ModelBundle
 from scanml.predict import Predictor
+from scanml.visibility import VISIBILITY_BINS, scan_visibility, visibility_bin
 
 __all__ = ["QualityReport", "bootstrap_metrics", "run_quality_benchmark"]
 
@@ -86,6 +87,9 @@ class SetResult:
     by_concealment: dict[str, tuple[int, dict[str, Interval]]] = field(default_factory=dict)
     # anomalous scans paired with a clean twin; ``twin_metrics`` for them
     n_twin_pairs: int = 0
+    # visibility bin (best threat CCR, :mod:`scanml.visibility`) -> (anomalous scans in it,
+    # their metrics against every clean scan); only where the set pairs scans with twins
+    by_visibility: dict[str, tuple[int, dict[str, Interval]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,6 +124,10 @@ class QualityReport:
                     "by_concealment": {
                         how: {"n_anomalous": n, "metrics": {k: vars(v) for k, v in m.items()}}
                         for how, (n, m) in r.by_concealment.items()
+                    },
+                    "by_visibility": {
+                        ccr: {"n_anomalous": n, "metrics": {k: vars(v) for k, v in m.items()}}
+                        for ccr, (n, m) in r.by_visibility.items()
                     },
                 }
                 for r in items
@@ -188,6 +196,21 @@ class QualityReport:
                 "each set's own annotations).",
                 "",
                 *_concealment_table(self.model),
+                "",
+            ]
+        if any(result.by_visibility for result in self.model):
+            lines += [
+                "## Where the model finds threats, by how visible they are",
+                "",
+                "Where a set pairs each anomalous scan with a clean twin, how visible its threats "
+                "are, whatever the detector: a threat's contrast-to-clutter ratio (CCR) is the mean "
+                "change it makes to the log attenuation over its footprint, on an 8 mm grid, over "
+                "the standard deviation of the clean twin's fine structure around it (below ~0.5 "
+                "a threat is fainter than the clutter around it). Each anomalous scan counts under "
+                "its best threat's CCR, against every clean scan of the set; a scan whose twin is "
+                "missing or has other pixels is left out.",
+                "",
+                *_visibility_table(self.model),
                 "",
             ]
         lines += [
@@ -304,6 +327,24 @@ def run_quality_benchmark(
 class _Loaded:
     loaded: list[tuple[ScanRecord, Scan]]
     failures: list[str]
+    # scan id -> best threat CCR, computed on first use (the data of a set never changes)
+    _visibility: dict[str, float] | None = field(default=None, repr=False, compare=False)
+
+    def visibility(self) -> dict[str, float]:
+        """Each anomalous scan's best threat CCR against its clean twin, where it has one.
+
+        :func:`scanml.visibility.scan_visibility`, computed once per set
+        however many detectors and snapshots are measured on it; empty, and
+        free, for a set without twins.
+        """
+        if self._visibility is None:
+            clean = {record.scan_id for record, _ in self.loaded if record.label == 0}
+            paired = any(
+                record.label == 1 and str(record.extras.get("twin") or "") in clean
+                for record, _ in self.loaded
+            )
+            self._visibility = scan_visibility(self.loaded) if paired else {}
+        return self._visibility
 
 
 def _test_sets(
@@ -360,10 +401,11 @@ def _measure(
     *,
     breakdown: bool = False,
 ) -> SetResult:
-    """One detector on one set; with ``breakdown``, also per concealment kind."""
+    """One detector on one set; with ``breakdown``, also per concealment kind and visibility."""
     outcomes = [score(record, scan) for record, scan in data.loaded]
     twins = twin_metrics([record for record, _ in data.loaded], outcomes, n_resamples=bootstrap)
     by_concealment: dict[str, tuple[int, dict[str, Interval]]] = {}
+    by_visibility: dict[str, tuple[int, dict[str, Interval]]] = {}
     if breakdown:
         clean = [o for o in outcomes if o.label == 0]
         hidden: dict[str, list[ScanOutcome]] = {}
@@ -377,6 +419,19 @@ def _measure(
                 len(found),
                 bootstrap_metrics(clean + found, threshold=threshold, n_resamples=bootstrap),
             )
+        visibility = data.visibility()
+        binned: dict[str, list[ScanOutcome]] = {}
+        for outcome in outcomes:
+            if outcome.label == 1 and outcome.scan_id in visibility:
+                binned.setdefault(visibility_bin(visibility[outcome.scan_id]), []).append(outcome)
+        for label, _, _ in VISIBILITY_BINS:
+            if label in binned:
+                by_visibility[label] = (
+                    len(binned[label]),
+                    bootstrap_metrics(
+                        clean + binned[label], threshold=threshold, n_resamples=bootstrap
+                    ),
+                )
     return SetResult(
         name=name,
         n_scans=len(outcomes),
@@ -388,6 +443,7 @@ def _measure(
         },
         by_concealment=by_concealment,
         n_twin_pairs=twins.n_pairs,
+        by_visibility=by_visibility,
     )
 
 
@@ -540,6 +596,20 @@ def _concealment_table(items: list[SetResult]) -> list[str]:
         for kind, (n, m) in result.by_concealment.items():
             rows.append(
                 f"| {result.name} | {kind} | {n} | {m['auroc']} | {m['dr_at_1pct_far']} | "
+                f"{m['pointing']} |"
+            )
+    return rows
+
+
+def _visibility_table(items: list[SetResult]) -> list[str]:
+    rows = [
+        "| set | best threat CCR | anomalous scans | AUROC | DR @ 1 % FAR | pointing |",
+        "|---|---|---:|---|---|---|",
+    ]
+    for result in items:
+        for label, (n, m) in result.by_visibility.items():
+            rows.append(
+                f"| {result.name} | {label} | {n} | {m['auroc']} | {m['dr_at_1pct_far']} | "
                 f"{m['pointing']} |"
             )
     return rows
