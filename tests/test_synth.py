@@ -347,3 +347,24 @@ def test_a_brick_stack_s_seams_range_from_gaps_through_it_to_an_even_slab() -> N
     assert through.min() == 0.0 and through.max() == pytest.approx(30.0, rel=1e-3)
     assert staggered.min() == pytest.approx(30.0 * 0.95, rel=1e-3)
     assert (staggered >= through).all()
+
+
+def test_a_reefer_s_insulated_roof_lowers_its_ceiling_and_draws_its_skins() -> None:
+    from scanml.synth.container import ContainerSpec, render_container
+    from scanml.synth.render import Canvas
+
+    def rendered(spec: ContainerSpec):
+        canvas = Canvas.blank(400, 800, channels=("high",), row_cm=1.0, col_cm=2.0,
+                              y_top_cm=400.0, rng=np.random.default_rng(0))  # fmt: skip
+        geometry = render_container(canvas, spec, 50.0, 50.0, np.random.default_rng(1))
+        return canvas.attenuation[0], geometry
+
+    dry, dry_geometry = rendered(ContainerSpec("40hc", False))
+    reefer, reefer_geometry = rendered(ContainerSpec("40hc", True))
+    assert dry_geometry.inner_y1 - reefer_geometry.inner_y1 > 8.0
+    # The lining, seen along its plane over the box's width, is a bright line under the roof.
+    row = int(400.0 - reefer_geometry.inner_y1 - 0.5)
+    middle = slice(300, 600)
+    assert float(np.median(reefer[row - 1 : row + 1, middle].max(0))) > 2 * float(
+        np.median(dry[row - 1 : row + 1, middle].max(0)) + 0.05
+    )

@@ -35,6 +35,7 @@ INNER_WIDTH_CM = 235.2
 FLOOR_TOP_CM = 18.0  # interior floor above the container's underside
 REEFER_UNIT_CM = 42.0  # depth of a reefer's machinery at the front end
 REEFER_WALL_CM = 10.0  # insulated end wall behind the machinery
+REEFER_INNER_WIDTH_CM = 229.0
 
 STEEL = MATERIALS["steel"]
 WOOD = MATERIALS["wood"]
@@ -102,7 +103,7 @@ def render_container(
     inner_width = INNER_WIDTH_CM
     reefer_unit = None
     if spec.reefer:
-        inner_width = 229.0
+        inner_width = REEFER_INNER_WIDTH_CM
         reefer_unit = _reefer_machinery(canvas, x_front, y_bottom, y_top, rng)
         inner_x0 = x_front + REEFER_UNIT_CM + REEFER_WALL_CM
         _reefer_walls(canvas, inner_x0, x_rear, inner_y0, y_top, rng)
@@ -110,7 +111,12 @@ def render_container(
         _side_walls(canvas, x_front + 12.0, x_rear - 12.0, y_bottom + 16.0, y_top - 6.0, rng)
         _front_wall(canvas, x_front, y_bottom, y_top, rng)
     _floor(canvas, spec, x_front, x_rear, y_bottom, rng)
-    _roof(canvas, x_front, x_rear, y_top, rng)
+    _top_rails(canvas, x_front, x_rear, y_top)
+    inner_y1 = inner_y0 + inner_height
+    if spec.reefer:
+        inner_y1 = min(inner_y1, _reefer_roof(canvas, inner_x0, x_rear - 10.0, y_top, rng))
+    else:
+        _roof(canvas, x_front, x_rear, y_top, rng)
     _corners(canvas, x_front, x_rear, y_bottom, y_top)
     _doors(canvas, x_rear, y_bottom, y_top, rng)
     return ContainerGeometry(
@@ -121,7 +127,7 @@ def render_container(
         inner_x0=inner_x0,
         inner_x1=inner_x1,
         inner_y0=inner_y0,
-        inner_y1=inner_y0 + inner_height,
+        inner_y1=inner_y1,
         inner_width=inner_width,
         reefer_unit=reefer_unit,
         floor_cavity=(y_bottom + 4.5, y_bottom + 15.0),
@@ -182,7 +188,7 @@ def _reefer_walls(
     for seam in np.arange(x0 + seam_pitch, x1 - 10.0, seam_pitch):
         canvas.box(ALUMINIUM, seam, seam + 1.2, y0, y1, 4.0)
     # The T-bar aluminium floor: many thin webs along the vehicle, crossed by the ray.
-    canvas.box(ALUMINIUM, x0, x1, y0, y0 + 6.5, 229.0 * 0.12)
+    canvas.box(ALUMINIUM, x0, x1, y0, y0 + 6.5, REEFER_INNER_WIDTH_CM * 0.12)
 
 
 def _reefer_machinery(
@@ -330,9 +336,36 @@ def _roof(
         return np.clip(overlap / canvas.row_cm, 0.0, 1.0), np.full_like(centre, INNER_WIDTH_CM)
 
     canvas.box(STEEL, x_front + 10.0, x_rear - 10.0, roof_y0, roof_y1, zigzag)
+
+
+def _top_rails(canvas: Canvas, x_front: float, x_rear: float, y_top: float) -> None:
+    """The top side rails along both sides, whatever the roof."""
     member_across_ray(
         canvas, STEEL, x_front, x_rear, y_top - 6.5, y_top - 0.5, depth=2 * 6.0, wall=0.3, axis="x"
     )
+
+
+def _reefer_roof(
+    canvas: Canvas, x0: float, x1: float, y_top: float, rng: np.random.Generator
+) -> float:
+    """An insulated roof panel seen edge-on; returns the underside of its lining.
+
+    The two skins of the sandwich lie along the beam, so each shows as a
+    bright line across the whole box (a ray travels the box's width in the
+    sheet), with the foam as a faint band between them: the picture a reefer
+    gives instead of a corrugated roof's thin zigzag.
+    """
+    skin = y_top - rng.uniform(0.5, 1.5)
+    foam = rng.uniform(8.0, 14.0)
+    canvas.box(ALUMINIUM, x0, x1, skin - rng.uniform(0.08, 0.15), skin, REEFER_INNER_WIDTH_CM)
+    canvas.box(FOAM, x0, x1, skin - foam, skin, REEFER_INNER_WIDTH_CM)
+    lining_y = skin - foam
+    if rng.random() < 0.6:
+        lining, thickness = ALUMINIUM, rng.uniform(0.1, 0.2)
+    else:
+        lining, thickness = STEEL, rng.uniform(0.05, 0.1)  # stainless
+    canvas.box(lining, x0, x1, lining_y - thickness, lining_y, REEFER_INNER_WIDTH_CM)
+    return lining_y - thickness
 
 
 def _corners(canvas: Canvas, x_front: float, x_rear: float, y_bottom: float, y_top: float) -> None:
