@@ -588,28 +588,27 @@ def _table(items: list[SetResult]) -> list[str]:
 
 
 def _concealment_table(items: list[SetResult]) -> list[str]:
-    rows = [
-        "| set | hidden | anomalous scans | AUROC | DR @ 1 % FAR | pointing |",
-        "|---|---|---:|---|---|---|",
-    ]
-    for result in items:
-        for kind, (n, m) in result.by_concealment.items():
-            rows.append(
-                f"| {result.name} | {kind} | {n} | {m['auroc']} | {m['dr_at_1pct_far']} | "
-                f"{m['pointing']} |"
-            )
-    return rows
+    return _breakdown_table(items, "hidden", lambda result: result.by_concealment)
 
 
 def _visibility_table(items: list[SetResult]) -> list[str]:
+    return _breakdown_table(items, "best threat CCR", lambda result: result.by_visibility)
+
+
+def _breakdown_table(
+    items: list[SetResult],
+    column: str,
+    groups: Callable[[SetResult], dict[str, tuple[int, dict[str, Interval]]]],
+) -> list[str]:
+    """Each set's anomalous scans by group (``column``), against every clean scan."""
     rows = [
-        "| set | best threat CCR | anomalous scans | AUROC | DR @ 1 % FAR | pointing |",
+        f"| set | {column} | anomalous scans | AUROC | DR @ 1 % FAR | pointing |",
         "|---|---|---:|---|---|---|",
     ]
     for result in items:
-        for label, (n, m) in result.by_visibility.items():
+        for group, (n, m) in groups(result).items():
             rows.append(
-                f"| {result.name} | {label} | {n} | {m['auroc']} | {m['dr_at_1pct_far']} | "
+                f"| {result.name} | {group} | {n} | {m['auroc']} | {m['dr_at_1pct_far']} | "
                 f"{m['pointing']} |"
             )
     return rows
