@@ -59,7 +59,6 @@ __all__ = [
     "pair_energies",
     "parse_dicomweb_url",
     "score_dicomweb",
-    "spooled_scans",
 ]
 
 SCHEMES = {"dicomweb": "http", "dicomwebs": "https"}
@@ -384,12 +383,6 @@ def committed_rows(out: Path) -> list[CommittedRow]:
             table["scan_id"], table["path"], table["tdr"], table["error"], strict=True
         )
     ]
-
-
-def spooled_scans(out: Path, spool: Path) -> set[str]:
-    """SOP Instance UIDs already scored into ``out`` or waiting in the spool: not to fetch again."""
-    waiting = {path.stem for path in spool.glob("*.dcm")} if spool.is_dir() else set()
-    return waiting | {Path(row.path).stem for row in committed_rows(out)}
 
 
 def remove_scored(spool: Path, rows: Iterable[CommittedRow]) -> None:
