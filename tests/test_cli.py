@@ -114,3 +114,20 @@ def test_every_subcommand_has_help_with_defaults() -> None:
         )
         assert completed.returncode == 0, completed.stderr
         assert "(default:" in completed.stdout, command
+
+
+def test_bench_quality_model_mistakes(
+    mlflow_uri: str, scans: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sets = tmp_path / "set"
+    sets.mkdir()
+    (sets / "manifest.csv").write_text("scan_id,path,label\n")
+    base = ["bench", "--quality", "--model", str(tmp_path / "modle")]
+    err = _error(capsys, *base, "--foreign", str(sets))
+    assert "--left-out None" in err and "--foreign" not in err.split("(")[1]
+    both = ["--left-out", str(sets), "--foreign", str(sets)]
+    assert "trains none" in _error(capsys, *base, *both, "--data", str(scans))
+    missing = _error(capsys, *base, *both)
+    assert "no such model folder" in missing and "scans" in missing
+    assert "--bootstrap 0: must be 1 to 100000" in _error(capsys, *base, *both, "--bootstrap", "0")
+    assert not (tmp_path / "reports").exists()

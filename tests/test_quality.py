@@ -8,10 +8,11 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, TrainedModel
 from scanml.baseline import LocalContrastDetector
 from scanml.dataset import load_dataset
 from scanml.io import Scan
@@ -22,6 +23,7 @@ from scanml.quality import (
     _Loaded,
     _measure,
     bootstrap_metrics,
+    paired_difference,
     run_quality_benchmark,
     twin_metrics,
 )
@@ -57,6 +59,37 @@ def test_bootstrap_intervals_bracket_the_estimate_and_shrink_with_more_scans() -
         assert 0.5 < auroc.value < 1.0
     assert (large["auroc"].high - large["auroc"].low) < (small["auroc"].high - small["auroc"].low)
     assert math.isnan(small["pointing"].value)  # no boxes: undefined, never a made-up number
+
+
+def test_paired_difference_sees_what_two_overlapping_intervals_cannot() -> None:
+    rng = np.random.default_rng(1)
+    labels = [i % 2 for i in range(120)]
+    # Each scan is as hard for both detectors (a shared per-scan term); the
+    # second one sees the anomalies a little better.
+    hardness = rng.normal(0.0, 1.0, size=len(labels))
+    first = [
+        ScanOutcome(f"s{i}", "x", y, score=float(h + 0.4 * y))
+        for i, (y, h) in enumerate(zip(labels, hardness, strict=True))
+    ]
+    second = [
+        ScanOutcome(
+            o.scan_id, "x", o.label, score=float(o.score + 0.3 * o.label + rng.normal(0, 0.05))
+        )
+        for o in first
+    ]
+    alone = [bootstrap_metrics(o, threshold=0.5, n_resamples=300)["auroc"] for o in (first, second)]
+    assert alone[0].high > alone[1].low  # the two intervals overlap
+    gain = paired_difference(second, first, n_resamples=300)["auroc"]
+    assert gain.value == pytest.approx(alone[1].value - alone[0].value)
+    assert 0.0 < gain.low <= gain.value <= gain.high  # the paired interval excludes 0
+    # A detector against itself: nothing, exactly.
+    itself = paired_difference(first, first, n_resamples=50)
+    assert all(
+        d.value == d.low == d.high == 0.0 for d in itself.values() if not math.isnan(d.value)
+    )
+    assert not math.isnan(itself["auroc"].value)
+    with pytest.raises(ValueError, match="same scans"):
+        paired_difference(first, first[::-1], n_resamples=10)
 
 
 def test_each_anomalous_scan_is_compared_with_its_clean_twin() -> None:
@@ -335,3 +368,39 @@ def test_quality_benchmark_end_to_end(tiny_dataset: Path, tmp_path: Path, mlflow
     bench = client.get_experiment_by_name("scanml-bench")
     runs = client.search_runs([bench.experiment_id], "attributes.run_name LIKE 'quality-2%'")
     assert any("quality/model/c/auroc" in run.data.metrics for run in runs)
+
+
+@pytest.mark.slow
+def test_trained_models_side_by_side_from_the_command_line(
+    trained_model: TrainedModel, tmp_path: Path, mlflow_uri: str
+) -> None:
+    from scanml.cli import main
+
+    left_out = generate_dataset(
+        out_dir=tmp_path / "santos", n_scans=4, seed=3, sites=["santos"], workers=1, progress=False
+    ).manifest.parent
+    foreign = _foreign_generator()(tmp_path / "foreign", n_scans=4, seed=0, workers=1)
+    model, out = str(trained_model.bundle_dir), tmp_path / "reports"
+    argv = ["bench", "--quality", "--model", model, "--model", model, "--bootstrap", "20"]
+    argv += ["--left-out", str(left_out), "--foreign", str(foreign), "--out", str(out)]
+    assert main(argv) == 0
+
+    report = json.loads((out / "quality-models.json").read_text())
+    first, second = report["models"]
+    assert first["model"] == second["model"] == model and report["bootstrap"] == 20
+    assert [r["set"] for r in first["results"]] == [
+        "(b) left-out site",
+        "(c) independent generator",
+    ]
+    assert [r["n_scans"] for r in first["results"]] == [4, 4]
+    # The same model scores the same scans the same way: no difference, and none to resample.
+    assert first["results"] == second["results"] and first["against_first"] == {}
+    for difference in second["against_first"].values():
+        auroc = difference["auroc"]
+        assert auroc["value"] == auroc["low"] == auroc["high"] == 0.0
+    markdown = (out / "quality-models.md").read_text()
+    assert f"| 2 | `{model}` | {second['threshold']:.4f} |" in markdown
+    assert "## Each model against model 1, on the same scans" in markdown
+    assert "| 2 | (c) independent generator | +0.000 [+0.000, +0.000] |" in markdown
+    assert "| model 2 | (c) independent generator | 2 |" in markdown  # its twins
+    assert not (out / "quality.md").exists()  # the benchmark's own report is left alone

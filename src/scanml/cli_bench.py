@@ -56,9 +56,26 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
         help="train the preset within its time budget, then measure it with 95 %% intervals "
         "on the test split, a left-out site and an independent generator's scans",
     )
+    quality.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="measure this trained model instead of training one (repeat it to put models "
+        "side by side, each against the first on the same scans; needs --left-out and "
+        "--foreign; writes quality-models.md; scanml.quality.compare_models)",
+    )
     quality.add_argument("--data", type=Path, help="training data (manifest + COCO)")
     quality.add_argument("--left-out", type=Path, help="scans of a site left out of training")
     quality.add_argument("--foreign", type=Path, help="the independent generator's scans")
+    quality.add_argument(
+        "--bootstrap",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="resamples behind each 95 %% interval (fewer: faster, rougher intervals)",
+    )
     quality.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
     quality.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
@@ -77,6 +94,10 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _run_quality_bench(args: argparse.Namespace) -> int:
+    if not 1 <= args.bootstrap <= 100_000:
+        raise UserFacingError(f"--bootstrap {args.bootstrap}: must be 1 to 100000")
+    if args.models:
+        return _run_model_comparison(args)
     missing = [
         f"--{name.replace('_', '-')} {getattr(args, name)}"
         for name in ("data", "left_out", "foreign")
@@ -97,7 +118,42 @@ def _run_quality_bench(args: argparse.Namespace) -> int:
         out_dir=args.out,
         config_path=args.config,
         overrides=args.overrides,
+        bootstrap=args.bootstrap,
         command=" ".join(["scanml", *sys.argv[1:]]) if sys.argv[1:] else "make bench-quality",
     )
     print(f"quality report: {args.out / 'quality.md'} ({report.seconds / 60:.1f} min)")
+    return 0
+
+
+def _run_model_comparison(args: argparse.Namespace) -> int:
+    if args.data is not None or args.overrides:
+        raise UserFacingError(
+            "--model measures trained models and trains none: leave out --data and --set"
+        )
+    missing = [
+        f"--{name.replace('_', '-')} {getattr(args, name)}"
+        for name in ("left_out", "foreign")
+        if getattr(args, name) is None or not (getattr(args, name) / "manifest.csv").is_file()
+    ]
+    if missing:
+        raise UserFacingError(
+            "--model needs --left-out and --foreign folders with a manifest.csv "
+            f"(missing or without one: {', '.join(missing)}); `make bench-quality` makes them"
+        )
+    check_writable(args.out, "--out")
+    from scanml.registry import resolve_model
+
+    for model in args.models:
+        resolve_model(model)
+    from scanml.quality import compare_models
+
+    report = compare_models(
+        args.models,
+        left_out_dir=args.left_out,
+        foreign_dir=args.foreign,
+        out_dir=args.out,
+        bootstrap=args.bootstrap,
+        command=" ".join(["scanml", *sys.argv[1:]]),
+    )
+    print(f"quality report: {args.out / 'quality-models.md'} ({report.seconds / 60:.1f} min)")
     return 0

@@ -41,7 +41,7 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -246,6 +246,9 @@ def compute_metrics(
         )
 
     sites = sorted({outcome.site for outcome in outcomes})
+    if len(sites) == 1:  # the one site is the whole set: measured once, not twice
+        whole = measure(outcomes, {})
+        return replace(whole, per_site={sites[0]: whole})
     per_site = {
         site: measure([outcome for outcome in outcomes if outcome.site == site], {})
         for site in sites

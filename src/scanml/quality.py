@@ -31,17 +31,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from scanml.baseline import LocalContrastDetector
 from scanml.config import Config, load_config
 from scanml.dataset import ScanDataset, ScanRecord, assign_splits, load_dataset
+from scanml.fsutil import write_text_atomically
 from scanml.io import Scan, ScanReadError, read_scan
 from scanml.metrics import ScanOutcome, compute_metrics
 from scanml.models import ModelBundle
 from scanml.predict import Predictor
 from scanml.visibility import VISIBILITY_BINS, scan_visibility, visibility_bin
 
-__all__ = ["QualityReport", "bootstrap_metrics", "run_quality_benchmark"]
+__all__ = [
+    "ModelComparison",
+    "QualityReport",
+    "bootstrap_metrics",
+    "compare_models",
+    "paired_difference",
+    "run_quality_benchmark",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +113,7 @@ class QualityReport:
     threshold: float
     kept_epoch: int = 0
     keep: str = "best"
+    bootstrap: int = 2000  # resamples behind each interval
     model: list[SetResult] = field(default_factory=list)
     baseline: list[SetResult] = field(default_factory=list)
     curve: list[tuple[float, int, list[SetResult]]] = field(default_factory=list)
@@ -165,10 +175,10 @@ class QualityReport:
             f"`train.keep={self.keep}` kept epoch {self.kept_epoch}, the best validation was "
             f"epoch {self.best_epoch}); its stored threshold ({self.threshold:.4f}) was "
             "calibrated at 1 % FAR on the validation split. Every figure: the point estimate "
-            "and its 95 % bootstrap interval (2,000 resamples of scans, clean and anomalous "
-            "resampled separately). DR at a FAR uses the threshold at that FAR *on the set "
-            "itself*; 'FAR at stored threshold' is what the model's own threshold gives there "
-            "(target 0.01).",
+            f"and its 95 % bootstrap interval ({self.bootstrap:,} resamples of scans, clean and "
+            "anomalous resampled separately). DR at a FAR uses the threshold at that FAR *on "
+            "the set itself*; 'FAR at stored threshold' is what the model's own threshold gives "
+            "there (target 0.01).",
             "",
         ]
         for title, items in (("Model (default preset)", self.model), ("Baseline", self.baseline)):
@@ -184,7 +194,7 @@ class QualityReport:
                 "A detector that sees the threats scores every anomalous scan above its twin; "
                 "the scenes cannot help it here. 95 % bootstrap intervals over pairs.",
                 "",
-                *_twin_table(self.model, self.baseline),
+                *_twin_table([("model", self.model), ("baseline", self.baseline)]),
                 "",
             ]
         if any(result.by_concealment for result in self.model):
@@ -282,6 +292,7 @@ def run_quality_benchmark(
         keep=config.train.keep,
         threshold=bundle.threshold,
         started=stamp,
+        bootstrap=bootstrap,
     )
     report.model = [
         _measure(name, loaded, _model_scorer(bundle), bundle.threshold, bootstrap, breakdown=True)
@@ -317,6 +328,248 @@ def run_quality_benchmark(
     report.seconds = time.monotonic() - started
     _write(report, Path(out_dir), command)
     _log_to_mlflow(report, Path(out_dir), config)
+    return report
+
+
+# -- given models, side by side ------------------------------------------------------------
+
+# The figures compared between models on the same scans.
+PAIRED = (("auroc", "AUROC"), ("dr_at_1pct_far", "DR @ 1 % FAR"), ("pointing", "pointing"))
+
+
+def paired_difference(
+    outcomes: Sequence[ScanOutcome],
+    reference: Sequence[ScanOutcome],
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Interval]:
+    """How far ``outcomes`` stand above ``reference`` on the same scans, with 95 % intervals.
+
+    Both score the same scans in the same order. Each resample draws scans
+    (clean and anomalous separately, as :func:`bootstrap_metrics` does) and
+    measures both detectors on that draw, so what the scans do to both
+    cancels: two models whose own intervals overlap widely can still differ
+    clearly, and the difference of two runs of one recipe shows how much a
+    lever must move to be seen on this set.
+    """
+    if [o.scan_id for o in outcomes] != [o.scan_id for o in reference]:
+        raise ValueError("paired_difference: the two detectors did not score the same scans")
+    labels = np.asarray([o.label for o in outcomes])
+    clean, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+
+    def difference(index: np.ndarray) -> dict[str, float]:
+        mine = _headline([outcomes[i] for i in index], math.inf)
+        theirs = _headline([reference[i] for i in index], math.inf)
+        return {key: mine[key] - theirs[key] for key, _ in PAIRED}
+
+    point = difference(np.arange(len(outcomes)))
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {key: [] for key in point}
+    for _ in range(n_resamples if len(clean) and len(anomalous) else 0):
+        index = np.concatenate(
+            [rng.choice(clean, size=len(clean)), rng.choice(anomalous, size=len(anomalous))]
+        )
+        for key, value in difference(index).items():
+            samples[key].append(value)
+    intervals = {}
+    for key, value in point.items():
+        values = np.asarray([v for v in samples[key] if not math.isnan(v)])
+        low, high = np.percentile(values, [2.5, 97.5]) if values.size else (math.nan, math.nan)
+        intervals[key] = Interval(float(value), float(low), float(high))
+    return intervals
+
+
+@dataclass
+class ModelComparison:
+    """Trained models measured on the same sets, and each against the first.
+
+    ``results[i]`` holds model ``i``'s figures on every set, ``differences[i]``
+    (for every model after the first) its :func:`paired_difference` against
+    the first model on each set, by set name.
+    """
+
+    models: list[str]
+    thresholds: list[float]
+    bootstrap: int = 2000  # resamples behind each interval
+    results: list[list[SetResult]] = field(default_factory=list)
+    differences: list[dict[str, dict[str, Interval]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    started: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "seconds": self.seconds,
+            "bootstrap": self.bootstrap,
+            "models": [
+                {
+                    "model": model,
+                    "threshold": threshold,
+                    "results": [
+                        {
+                            "set": r.name,
+                            "n_scans": r.n_scans,
+                            "n_anomalous": r.n_anomalous,
+                            "n_failed": r.n_failed,
+                            "metrics": {k: vars(v) for k, v in r.metrics.items()},
+                        }
+                        for r in results
+                    ],
+                    "against_first": {
+                        name: {k: vars(v) for k, v in diff.items()}
+                        for name, diff in (self.differences[i - 1] if i else {}).items()
+                    },
+                }
+                for i, (model, threshold, results) in enumerate(
+                    zip(self.models, self.thresholds, self.results, strict=True)
+                )
+            ],
+            "notes": self.notes,
+        }
+
+    def to_markdown(self, command: str) -> str:
+        labels = [f"{i + 1}" for i in range(len(self.models))]
+        lines = [
+            "# Detection quality of trained models, side by side",
+            "",
+            f"`{command}` — started {self.started}, took {self.seconds / 60:.1f} min.",
+            "",
+            "| model | URI | stored threshold |",
+            "|---:|---|---:|",
+            *[
+                f"| {label} | `{model}` | {threshold:.4f} |"
+                for label, model, threshold in zip(
+                    labels, self.models, self.thresholds, strict=True
+                )
+            ],
+            "",
+            f"Every figure: the point estimate and its 95 % bootstrap interval ({self.bootstrap:,} "
+            "resamples of scans, clean and anomalous resampled separately). DR at a FAR uses "
+            "the threshold at that FAR on the set itself; 'FAR at stored threshold' is what "
+            "each model's own threshold gives there.",
+            "",
+            "## Each model",
+            "",
+            *_table(
+                [r for results in self.results for r in results],
+                [
+                    label
+                    for label, results in zip(labels, self.results, strict=True)
+                    for _ in results
+                ],
+            ),
+            "",
+        ]
+        if len(self.models) > 1:
+            lines += [
+                "## Each model against model 1, on the same scans",
+                "",
+                "The difference (this model minus model 1) with a paired 95 % bootstrap interval: "
+                "each resample scores both models on the same draw of scans, so an interval "
+                "that excludes 0 is a difference this set can see.",
+                "",
+                "| model | set | "
+                + " | ".join(f"{label} difference" for _, label in PAIRED)
+                + " |",
+                "|---:|---|" + "---|" * len(PAIRED),
+            ]
+            for label, differences in zip(labels[1:], self.differences, strict=True):
+                for name, diff in differences.items():
+                    cells = " | ".join(_signed(diff[key]) for key, _ in PAIRED)
+                    lines.append(f"| {label} | {name} | {cells} |")
+            lines.append("")
+        twins = [(f"model {label}", r) for label, r in zip(labels, self.results, strict=True)]
+        if any(result.n_twin_pairs for _, results in twins for result in results):
+            lines += [
+                "## Each anomalous scan against its clean twin",
+                "",
+                *_twin_table(twins),
+                "",
+            ]
+        flat = [r for results in self.results for r in results]
+        who = [label for label, results in zip(labels, self.results, strict=True) for _ in results]
+        if any(result.by_visibility for result in flat):
+            lines += [
+                "## By how visible the threats are (best threat CCR against the clean twin)",
+                "",
+                *_visibility_table(flat, who),
+                "",
+            ]
+        if self.notes:
+            lines += ["## Notes", "", *[f"- {note}" for note in self.notes], ""]
+        return "\n".join(lines)
+
+
+def compare_models(
+    models: Sequence[str | Path],
+    *,
+    left_out_dir: str | Path,
+    foreign_dir: str | Path,
+    out_dir: str | Path = "reports",
+    bootstrap: int = 2000,
+    progress: bool = True,
+    command: str = "scanml bench --quality --model ...",
+) -> ModelComparison:
+    """Measure trained models, without training, on the sets none of them trained on.
+
+    Each model (``runs:/``, ``models:/`` or a model folder) is scored on
+    ``left_out_dir`` (b) and ``foreign_dir`` (c), read once for all, and
+    measured as :func:`run_quality_benchmark` measures its own model (95 %
+    intervals, twins, visibility), every model after the first also
+    against the first on the same scans (:func:`paired_difference`). Written
+    to ``out_dir``/``quality-models.md`` and ``.json``; nothing is trained or
+    logged to MLflow. This is how a lever is judged: several runs of a recipe
+    and of its change, on the same scans.
+    """
+    started = time.monotonic()
+    report = ModelComparison(
+        models=[str(m) for m in models],
+        thresholds=[],
+        bootstrap=bootstrap,
+        started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+    sets = {
+        "(b) left-out site": _read_all(list(load_dataset(left_out_dir).records)),
+        "(c) independent generator": _read_all(list(load_dataset(foreign_dir).records)),
+    }
+    first: dict[str, list[ScanOutcome]] = {}
+    for i, model in enumerate(report.models):
+        bundle = ModelBundle.load(model)
+        report.thresholds.append(bundle.threshold)
+        score = _model_scorer(bundle)
+        results, differences = [], {}
+        for name, data in sets.items():
+            outcomes = [
+                score(record, scan)
+                for record, scan in tqdm(
+                    data.loaded, desc=f"model {i + 1} on {name}", unit="scan", disable=not progress
+                )
+            ]
+            results.append(
+                _summarise(name, data, outcomes, bundle.threshold, bootstrap, breakdown=True)
+            )
+            if i == 0:
+                first[name] = outcomes
+            else:
+                differences[name] = paired_difference(outcomes, first[name], n_resamples=bootstrap)
+        report.results.append(results)
+        if i:
+            report.differences.append(differences)
+    for name, data in sets.items():
+        if data.failures:
+            report.notes.append(
+                f"{name}: {len(data.failures)} scans could not be read and are left out: "
+                + "; ".join(data.failures[:3])
+            )
+    report.seconds = time.monotonic() - started
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(
+        out / "quality-models.json", json.dumps(report.to_dict(), indent=2) + "\n"
+    )
+    write_text_atomically(out / "quality-models.md", report.to_markdown(command))
     return report
 
 
@@ -403,6 +656,19 @@ def _measure(
 ) -> SetResult:
     """One detector on one set; with ``breakdown``, also per concealment kind and visibility."""
     outcomes = [score(record, scan) for record, scan in data.loaded]
+    return _summarise(name, data, outcomes, threshold, bootstrap, breakdown=breakdown)
+
+
+def _summarise(
+    name: str,
+    data: _Loaded,
+    outcomes: Sequence[ScanOutcome],
+    threshold: float,
+    bootstrap: int,
+    *,
+    breakdown: bool = False,
+) -> SetResult:
+    """:func:`_measure` on outcomes already scored, one per scan of ``data`` in its order."""
     twins = twin_metrics([record for record, _ in data.loaded], outcomes, n_resamples=bootstrap)
     by_concealment: dict[str, tuple[int, dict[str, Interval]]] = {}
     by_visibility: dict[str, tuple[int, dict[str, Interval]]] = {}
@@ -575,14 +841,24 @@ def _curve_snapshots(
 # -- output ------------------------------------------------------------------------------
 
 
-def _table(items: list[SetResult]) -> list[str]:
-    header = "| set | scans (anomalous) | " + " | ".join(label for _, label in HEADLINE) + " |"
-    rows = [header, "|---|---:|" + "---|" * len(HEADLINE)]
-    for result in items:
+def _signed(interval: Interval) -> str:
+    if math.isnan(interval.value):
+        return "n/a"
+    return f"{interval.value:+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]"
+
+
+def _table(items: list[SetResult], who: Sequence[str] = ()) -> list[str]:
+    """The headline figures, one row per result; ``who`` (one per result) adds a model column."""
+    first = "| model " if who else ""
+    labels = " | ".join(label for _, label in HEADLINE)
+    header = f"{first}| set | scans (anomalous) | {labels} |"
+    rows = [header, ("|---" if who else "") + "|---|---:|" + "---|" * len(HEADLINE)]
+    for i, result in enumerate(items):
         failed = f", {result.n_failed} unreadable" if result.n_failed else ""
         cells = " | ".join(str(result.metrics[key]) for key, _ in HEADLINE)
+        lead = f"| {who[i]} " if who else ""
         rows.append(
-            f"| {result.name} | {result.n_scans} ({result.n_anomalous}{failed}) | {cells} |"
+            f"{lead}| {result.name} | {result.n_scans} ({result.n_anomalous}{failed}) | {cells} |"
         )
     return rows
 
@@ -591,35 +867,41 @@ def _concealment_table(items: list[SetResult]) -> list[str]:
     return _breakdown_table(items, "hidden", lambda result: result.by_concealment)
 
 
-def _visibility_table(items: list[SetResult]) -> list[str]:
-    return _breakdown_table(items, "best threat CCR", lambda result: result.by_visibility)
+def _visibility_table(items: list[SetResult], who: Sequence[str] = ()) -> list[str]:
+    return _breakdown_table(items, "best threat CCR", lambda result: result.by_visibility, who)
 
 
 def _breakdown_table(
     items: list[SetResult],
     column: str,
     groups: Callable[[SetResult], dict[str, tuple[int, dict[str, Interval]]]],
+    who: Sequence[str] = (),
 ) -> list[str]:
-    """Each set's anomalous scans by group (``column``), against every clean scan."""
+    """Each set's anomalous scans by group (``column``), against every clean scan.
+
+    ``who`` (one per result) adds a model column.
+    """
+    first = "| model " if who else ""
     rows = [
-        f"| set | {column} | anomalous scans | AUROC | DR @ 1 % FAR | pointing |",
-        "|---|---|---:|---|---|---|",
+        f"{first}| set | {column} | anomalous scans | AUROC | DR @ 1 % FAR | pointing |",
+        ("|---" if who else "") + "|---|---|---:|---|---|---|",
     ]
-    for result in items:
+    for i, result in enumerate(items):
+        lead = f"| {who[i]} " if who else ""
         for group, (n, m) in groups(result).items():
             rows.append(
-                f"| {result.name} | {group} | {n} | {m['auroc']} | {m['dr_at_1pct_far']} | "
-                f"{m['pointing']} |"
+                f"{lead}| {result.name} | {group} | {n} | {m['auroc']} | "
+                f"{m['dr_at_1pct_far']} | {m['pointing']} |"
             )
     return rows
 
 
-def _twin_table(model: list[SetResult], baseline: list[SetResult]) -> list[str]:
+def _twin_table(detectors: Sequence[tuple[str, list[SetResult]]]) -> list[str]:
     rows = [
         "| detector | set | pairs | anomalous scan above its twin | equal to its twin |",
         "|---|---|---:|---|---|",
     ]
-    for who, items in (("model", model), ("baseline", baseline)):
+    for who, items in detectors:
         for result in items:
             if result.n_twin_pairs:
                 m = result.metrics
