@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import CONFIGS
 from scanml.cli import main
 
 
@@ -130,4 +131,12 @@ def test_bench_quality_model_mistakes(
     missing = _error(capsys, *base, *both)
     assert "no such model folder" in missing and "scans" in missing
     assert "--bootstrap 0: must be 1 to 100000" in _error(capsys, *base, *both, "--bootstrap", "0")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = ["--out", str(blocker / "reports")]
+    assert "is a file" in _error(capsys, *base, *both, *out)
+    # The benchmark that trains finds it before training, not 80 minutes later.
+    config = ["--config", str(CONFIGS / "smoke.yaml")]
+    err = _error(capsys, "bench", "--quality", "--data", str(sets), *both, *out, *config)
+    assert err.startswith("scanml bench: error: --out") and "is a file" in err
     assert not (tmp_path / "reports").exists()

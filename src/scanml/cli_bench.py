@@ -109,6 +109,7 @@ def _run_quality_bench(args: argparse.Namespace) -> int:
             f"(missing or without one: {', '.join(missing)}); `make bench-quality` makes them"
         )
     load_config(args.config, args.overrides)
+    _make_out(args.out)
     from scanml.quality import run_quality_benchmark
 
     report = run_quality_benchmark(
@@ -145,6 +146,7 @@ def _run_model_comparison(args: argparse.Namespace) -> int:
 
     for model in args.models:
         resolve_model(model)
+    _make_out(args.out)  # last: a start that fails its checks leaves no folder behind
     from scanml.quality import compare_models
 
     report = compare_models(
@@ -157,3 +159,12 @@ def _run_model_comparison(args: argparse.Namespace) -> int:
     )
     print(f"quality report: {args.out / 'quality-models.md'} ({report.seconds / 60:.1f} min)")
     return 0
+
+
+def _make_out(folder: Path) -> None:
+    """The report folder, made before the long work rather than found unwritable after it."""
+    check_writable(folder, "--out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserFacingError(f"--out {folder}: cannot be created ({exc.strerror})") from None

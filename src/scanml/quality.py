@@ -524,6 +524,8 @@ def compare_models(
     and of its change, on the same scans.
     """
     started = time.monotonic()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)  # fails now, not after the scoring
     report = ModelComparison(
         models=[str(m) for m in models],
         thresholds=[],
@@ -564,8 +566,6 @@ def compare_models(
                 + "; ".join(data.failures[:3])
             )
     report.seconds = time.monotonic() - started
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     write_text_atomically(
         out / "quality-models.json", json.dumps(report.to_dict(), indent=2) + "\n"
     )
