@@ -751,7 +751,9 @@ import os, sys, time
 from scanml.decode_pool import guarded_map
 
 def slow(task):
-    print(os.getpid(), flush=True)
+    # One write, atomic on a pipe: print() writes the number and the newline
+    # apart, so two workers' lines could interleave ("12341235" then "").
+    os.write(1, f"{os.getpid()}\\n".encode())
     time.sleep(task)
     return task
 
