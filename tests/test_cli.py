@@ -131,6 +131,12 @@ def test_bench_quality_model_mistakes(
     missing = _error(capsys, *base, *both)
     assert "no such model folder" in missing and "scans" in missing
     assert "--bootstrap 0: must be 1 to 100000" in _error(capsys, *base, *both, "--bootstrap", "0")
+    arm = ["bench", "--quality", *both, "--arm"]
+    assert "--arm recipe: give a name, then its models" in _error(capsys, *arm, "recipe")
+    twice = _error(capsys, *arm, "a", str(scans), "--arm", "a", str(scans))
+    assert "--arm a: two arms have that name" in twice
+    assert "either with --model or with --arm" in _error(capsys, *base, *both, "--arm", "a", "m")
+    assert "--arm needs --left-out" in _error(capsys, "bench", "--quality", "--arm", "a", "m")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     out = ["--out", str(blocker / "reports")]

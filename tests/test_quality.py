@@ -22,6 +22,7 @@ from scanml.quality import (
     _curve_snapshots,
     _Loaded,
     _measure,
+    arm_difference,
     bootstrap_metrics,
     paired_difference,
     run_quality_benchmark,
@@ -90,6 +91,52 @@ def test_paired_difference_sees_what_two_overlapping_intervals_cannot() -> None:
     assert not math.isnan(itself["auroc"].value)
     with pytest.raises(ValueError, match="same scans"):
         paired_difference(first, first[::-1], n_resamples=10)
+
+
+def test_arms_are_judged_on_the_mean_of_their_runs_with_the_spread_between_runs() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(2)
+    labels = [i % 2 for i in range(160)]
+    hardness = rng.normal(0.0, 1.0, size=len(labels))
+
+    def run(gain: float, spread: float) -> list[ScanOutcome]:
+        # One training run: the scans' shared hardness, the recipe's gain on
+        # anomalies, and what this run alone learnt (its own noise per scan).
+        own = rng.normal(0.0, spread, size=len(labels))
+        return [
+            ScanOutcome(f"s{i}", "x", y, score=float(h + (0.5 + gain) * y + e))
+            for i, (y, h, e) in enumerate(zip(labels, hardness, own, strict=True))
+        ]
+
+    recipe, change = [run(0.0, 0.3) for _ in range(3)], [run(0.8, 0.3) for _ in range(3)]
+    means, (difference,) = arm_difference([recipe, change], n_resamples=100)
+    each = [roc_auc_score(labels, [o.score for o in r]) for r in recipe]
+    assert means[0]["auroc"].value == pytest.approx(np.mean(each))
+    assert means[0]["auroc"].low <= min(each) and max(each) <= means[0]["auroc"].high + 0.02
+    assert difference["auroc"].value == pytest.approx(
+        means[1]["auroc"].value - means[0]["auroc"].value
+    )
+    assert difference["auroc"].low > 0.0  # a real gain, seen through both kinds of noise
+    # The same runs as two arms: no difference, but the redrawn runs keep it uncertain.
+    _, (none,) = arm_difference([recipe, recipe], n_resamples=100)
+    assert none["auroc"].value == 0.0 and none["auroc"].low < 0.0 < none["auroc"].high
+    # Runs that differ as whole runs (one learnt the threats better than
+    # another) widen the interval: the same mean gain, seen through three
+    # runs an arm that agree, then through three that do not.
+    agree = arm_difference(
+        [[run(0.0, 0.1) for _ in range(3)], [run(0.15, 0.1) for _ in range(3)]], n_resamples=100
+    )[1][0]["auroc"]
+    differ = arm_difference(
+        [[run(g, 0.1) for g in (-0.6, 0.0, 0.6)], [run(g, 0.1) for g in (-0.45, 0.15, 0.75)]],
+        n_resamples=100,
+    )[1][0]["auroc"]
+    assert agree.low > 0.0 and differ.low < 0.0 < differ.high
+    assert differ.high - differ.low > 2 * (agree.high - agree.low)
+    with pytest.raises(ValueError, match="same scans"):
+        arm_difference([recipe, [recipe[0][::-1]]], n_resamples=10)
+    with pytest.raises(ValueError, match="at least one run"):
+        arm_difference([recipe, []], n_resamples=10)
 
 
 def test_each_anomalous_scan_is_compared_with_its_clean_twin() -> None:
@@ -404,3 +451,22 @@ def test_trained_models_side_by_side_from_the_command_line(
     assert "| 2 | (c) independent generator | +0.000 [+0.000, +0.000] |" in markdown
     assert "| model 2 | (c) independent generator | 2 |" in markdown  # its twins
     assert not (out / "quality.md").exists()  # the benchmark's own report is left alone
+
+    # Runs of two recipes, grouped: each arm's mean and the second against the first.
+    argv = ["bench", "--quality", "--arm", "recipe", model, "--arm", "change", model, model]
+    argv += ["--bootstrap", "20", "--left-out", str(left_out), "--foreign", str(foreign)]
+    assert main([*argv, "--out", str(out / "arms")]) == 0
+    report = json.loads((out / "arms" / "quality-models.json").read_text())
+    assert [m["model"] for m in report["models"]] == [model] * 3
+    recipe, change = report["arms"]
+    assert (recipe["name"], recipe["models"], change["models"]) == ("recipe", [1], [2, 3])
+    assert recipe["against_first"] == {} and set(change["against_first"]) == {
+        "(b) left-out site",
+        "(c) independent generator",
+    }
+    for arm in (recipe, change):
+        auroc = arm["mean"]["(c) independent generator"]["auroc"]["value"]
+        assert auroc == first["results"][1]["metrics"]["auroc"]["value"]
+    markdown = (out / "arms" / "quality-models.md").read_text()
+    assert "## Each arm: the mean of its runs" in markdown
+    assert "| change | (c) independent generator | +0.000 [+0.000, +0.000] |" in markdown

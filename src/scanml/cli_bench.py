@@ -66,6 +66,17 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
         "side by side, each against the first on the same scans; needs --left-out and "
         "--foreign; writes quality-models.md; scanml.quality.compare_models)",
     )
+    quality.add_argument(
+        "--arm",
+        dest="arms",
+        action="append",
+        nargs="+",
+        default=[],
+        metavar=("NAME", "URI"),
+        help="several runs of one recipe, measured like --model and grouped: each arm's mean "
+        "over its runs and its difference from the first arm, with intervals that carry the "
+        "spread between runs (repeat it, the reference recipe first)",
+    )
     quality.add_argument("--data", type=Path, help="training data (manifest + COCO)")
     quality.add_argument("--left-out", type=Path, help="scans of a site left out of training")
     quality.add_argument("--foreign", type=Path, help="the independent generator's scans")
@@ -96,7 +107,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 def _run_quality_bench(args: argparse.Namespace) -> int:
     if not 1 <= args.bootstrap <= 100_000:
         raise UserFacingError(f"--bootstrap {args.bootstrap}: must be 1 to 100000")
-    if args.models:
+    if args.models or args.arms:
         return _run_model_comparison(args)
     missing = [
         f"--{name.replace('_', '-')} {getattr(args, name)}"
@@ -129,8 +140,22 @@ def _run_quality_bench(args: argparse.Namespace) -> int:
 def _run_model_comparison(args: argparse.Namespace) -> int:
     if args.data is not None or args.overrides:
         raise UserFacingError(
-            "--model measures trained models and trains none: leave out --data and --set"
+            f"{_given(args)} measures trained models and trains none: leave out --data and --set"
         )
+    models = list(args.models)
+    arms: dict[str, list[int]] = {}
+    if args.arms:
+        if args.models:
+            raise UserFacingError("give the models either with --model or with --arm, not both")
+        for name, *uris in args.arms:
+            if not uris:
+                raise UserFacingError(
+                    f"--arm {name}: give a name, then its models (--arm NAME URI ...)"
+                )
+            if name in arms:
+                raise UserFacingError(f"--arm {name}: two arms have that name")
+            arms[name] = list(range(len(models), len(models) + len(uris)))
+            models.extend(uris)
     missing = [
         f"--{name.replace('_', '-')} {getattr(args, name)}"
         for name in ("left_out", "foreign")
@@ -138,27 +163,32 @@ def _run_model_comparison(args: argparse.Namespace) -> int:
     ]
     if missing:
         raise UserFacingError(
-            "--model needs --left-out and --foreign folders with a manifest.csv "
+            f"{_given(args)} needs --left-out and --foreign folders with a manifest.csv "
             f"(missing or without one: {', '.join(missing)}); `make bench-quality` makes them"
         )
     check_writable(args.out, "--out")
     from scanml.registry import resolve_model
 
-    for model in args.models:
+    for model in models:
         resolve_model(model)
     _make_out(args.out)  # last: a start that fails its checks leaves no folder behind
     from scanml.quality import compare_models
 
     report = compare_models(
-        args.models,
+        models,
         left_out_dir=args.left_out,
         foreign_dir=args.foreign,
         out_dir=args.out,
         bootstrap=args.bootstrap,
+        arms=arms,
         command=" ".join(["scanml", *sys.argv[1:]]),
     )
     print(f"quality report: {args.out / 'quality-models.md'} ({report.seconds / 60:.1f} min)")
     return 0
+
+
+def _given(args: argparse.Namespace) -> str:
+    return "--arm" if args.arms and not args.models else "--model"
 
 
 def _make_out(folder: Path) -> None:

@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -380,13 +380,88 @@ def paired_difference(
     return intervals
 
 
+def arm_difference(
+    arms: Sequence[Sequence[Sequence[ScanOutcome]]],
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[list[dict[str, Interval]], list[dict[str, Interval]]]:
+    """Each arm's mean over its runs, and each arm after the first against the first.
+
+    An arm is several runs of one recipe (``arms[a][r]``: run ``r`` of arm
+    ``a``, every run scoring the same scans in the same order). Two runs of
+    one recipe differ by more than a lever moves, so a lever is judged on
+    the mean of its runs against the mean of the recipe's. Each resample
+    draws the scans (clean and anomalous separately) and, within every arm,
+    its runs with replacement: the intervals carry both the test set's
+    sampling and the spread between runs (with three runs an arm, roughly).
+    Returns ``(means, differences)``: ``means[a]`` and, for every arm after
+    the first, ``differences[a - 1]``, keyed like :data:`PAIRED`.
+    """
+    runs = [list(arm) for arm in arms]
+    if not runs or any(not arm for arm in runs):
+        raise ValueError("arm_difference: every arm needs at least one run")
+    order = [o.scan_id for o in runs[0][0]]
+    if any([o.scan_id for o in run] != order for arm in runs for run in arm):
+        raise ValueError("arm_difference: the runs did not score the same scans")
+    labels = np.asarray([o.label for o in runs[0][0]])
+    clean, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+
+    def arm_means(index: np.ndarray, picks: list[np.ndarray]) -> list[dict[str, float]]:
+        means = []
+        for arm, pick in zip(runs, picks, strict=True):
+            figures = {r: _headline([arm[r][i] for i in index], math.inf) for r in set(pick)}
+            means.append(
+                {key: float(np.mean([figures[r][key] for r in pick])) for key, _ in PAIRED}
+            )
+        return means
+
+    point = arm_means(np.arange(len(order)), [np.arange(len(arm)) for arm in runs])
+    rng = np.random.default_rng(seed)
+    drawn: list[list[dict[str, float]]] = []
+    for _ in range(n_resamples if len(clean) and len(anomalous) else 0):
+        index = np.concatenate(
+            [rng.choice(clean, size=len(clean)), rng.choice(anomalous, size=len(anomalous))]
+        )
+        drawn.append(arm_means(index, [rng.integers(0, len(arm), len(arm)) for arm in runs]))
+
+    def interval(value: float, samples: list[float]) -> Interval:
+        finite = np.asarray([v for v in samples if not math.isnan(v)])
+        low, high = np.percentile(finite, [2.5, 97.5]) if finite.size else (math.nan, math.nan)
+        return Interval(float(value), float(low), float(high))
+
+    means = [
+        {key: interval(point[a][key], [d[a][key] for d in drawn]) for key, _ in PAIRED}
+        for a in range(len(runs))
+    ]
+    differences = [
+        {
+            key: interval(point[a][key] - point[0][key], [d[a][key] - d[0][key] for d in drawn])
+            for key, _ in PAIRED
+        }
+        for a in range(1, len(runs))
+    ]
+    return means, differences
+
+
+@dataclass
+class Arm:
+    """Several runs of one recipe in a :class:`ModelComparison`: its name and its models."""
+
+    name: str
+    models: list[int]  # indices into ModelComparison.models
+    means: dict[str, dict[str, Interval]] = field(default_factory=dict)  # set -> figure
+    against_first: dict[str, dict[str, Interval]] = field(default_factory=dict)
+
+
 @dataclass
 class ModelComparison:
     """Trained models measured on the same sets, and each against the first.
 
     ``results[i]`` holds model ``i``'s figures on every set, ``differences[i]``
     (for every model after the first) its :func:`paired_difference` against
-    the first model on each set, by set name.
+    the first model on each set, by set name. ``arms``, when the models are
+    runs of recipes, groups them (:func:`arm_difference`).
     """
 
     models: list[str]
@@ -394,6 +469,7 @@ class ModelComparison:
     bootstrap: int = 2000  # resamples behind each interval
     results: list[list[SetResult]] = field(default_factory=list)
     differences: list[dict[str, dict[str, Interval]]] = field(default_factory=list)
+    arms: list[Arm] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     started: str = ""
     seconds: float = 0.0
@@ -425,6 +501,17 @@ class ModelComparison:
                 for i, (model, threshold, results) in enumerate(
                     zip(self.models, self.thresholds, self.results, strict=True)
                 )
+            ],
+            "arms": [
+                {
+                    "name": arm.name,
+                    "models": [i + 1 for i in arm.models],
+                    "mean": {n: {k: vars(v) for k, v in d.items()} for n, d in arm.means.items()},
+                    "against_first": {
+                        n: {k: vars(v) for k, v in d.items()} for n, d in arm.against_first.items()
+                    },
+                }
+                for arm in self.arms
             ],
             "notes": self.notes,
         }
@@ -480,6 +567,8 @@ class ModelComparison:
                     cells = " | ".join(_signed(diff[key]) for key, _ in PAIRED)
                     lines.append(f"| {label} | {name} | {cells} |")
             lines.append("")
+        if self.arms:
+            lines += _arm_tables(self.arms, self.results)
         twins = [(f"model {label}", r) for label, r in zip(labels, self.results, strict=True)]
         if any(result.n_twin_pairs for _, results in twins for result in results):
             lines += [
@@ -509,6 +598,7 @@ def compare_models(
     foreign_dir: str | Path,
     out_dir: str | Path = "reports",
     bootstrap: int = 2000,
+    arms: Mapping[str, Sequence[int]] | None = None,
     progress: bool = True,
     command: str = "scanml bench --quality --model ...",
 ) -> ModelComparison:
@@ -521,8 +611,14 @@ def compare_models(
     against the first on the same scans (:func:`paired_difference`). Written
     to ``out_dir``/``quality-models.md`` and ``.json``; nothing is trained or
     logged to MLflow. This is how a lever is judged: several runs of a recipe
-    and of its change, on the same scans.
+    and of its change, on the same scans. ``arms`` names those groups (arm
+    name -> indices into ``models``, the first arm the reference) and adds
+    each arm's mean and its difference from the first (:func:`arm_difference`).
     """
+    groups = {name: list(members) for name, members in (arms or {}).items()}
+    for name, members in groups.items():
+        if not members or any(not 0 <= i < len(models) for i in members):
+            raise ValueError(f"arm {name!r}: {members} are not indices of the {len(models)} models")
     started = time.monotonic()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)  # fails now, not after the scoring
@@ -536,29 +632,40 @@ def compare_models(
         "(b) left-out site": _read_all(list(load_dataset(left_out_dir).records)),
         "(c) independent generator": _read_all(list(load_dataset(foreign_dir).records)),
     }
-    first: dict[str, list[ScanOutcome]] = {}
+    every: list[dict[str, list[ScanOutcome]]] = []
     for i, model in enumerate(report.models):
         bundle = ModelBundle.load(model)
         report.thresholds.append(bundle.threshold)
         score = _model_scorer(bundle)
-        results, differences = [], {}
+        results, differences, mine = [], {}, {}
         for name, data in sets.items():
-            outcomes = [
+            mine[name] = [
                 score(record, scan)
                 for record, scan in tqdm(
                     data.loaded, desc=f"model {i + 1} on {name}", unit="scan", disable=not progress
                 )
             ]
             results.append(
-                _summarise(name, data, outcomes, bundle.threshold, bootstrap, breakdown=True)
+                _summarise(name, data, mine[name], bundle.threshold, bootstrap, breakdown=True)
             )
-            if i == 0:
-                first[name] = outcomes
-            else:
-                differences[name] = paired_difference(outcomes, first[name], n_resamples=bootstrap)
+            if i:
+                differences[name] = paired_difference(
+                    mine[name], every[0][name], n_resamples=bootstrap
+                )
+        every.append(mine)
         report.results.append(results)
         if i:
             report.differences.append(differences)
+    for name, members in groups.items():
+        report.arms.append(Arm(name, members))
+    for name in sets if groups else ():
+        means, against = arm_difference(
+            [[every[i][name] for i in arm.models] for arm in report.arms], n_resamples=bootstrap
+        )
+        for arm, mean in zip(report.arms, means, strict=True):
+            arm.means[name] = mean
+        for arm, difference in zip(report.arms[1:], against, strict=True):
+            arm.against_first[name] = difference
     for name, data in sets.items():
         if data.failures:
             report.notes.append(
@@ -839,6 +946,51 @@ def _curve_snapshots(
 
 
 # -- output ------------------------------------------------------------------------------
+
+
+def _arm_tables(arms: list[Arm], results: list[list[SetResult]]) -> list[str]:
+    """Each arm's mean over its runs, and each arm against the first."""
+    lines = [
+        "## Each arm: the mean of its runs",
+        "",
+        "An arm is several runs of one recipe. Each resample draws the scans (clean and "
+        "anomalous separately) and, within every arm, its runs with replacement, so an "
+        "interval carries both the set's sampling and the spread between runs of the recipe "
+        "(roughly, with a few runs an arm).",
+        "",
+        "| arm | models | set | "
+        + " | ".join(f"{label} (mean)" for _, label in PAIRED)
+        + " | AUROC of each run |",
+        "|---|---|---|" + "---|" * len(PAIRED) + "---|",
+    ]
+    for arm in arms:
+        who = ", ".join(str(i + 1) for i in arm.models)
+        for name, means in arm.means.items():
+            each = ", ".join(
+                f"{r.metrics['auroc'].value:.3f}"
+                for i in arm.models
+                for r in results[i]
+                if r.name == name
+            )
+            cells = " | ".join(str(means[key]) for key, _ in PAIRED)
+            lines.append(f"| {arm.name} | {who} | {name} | {cells} | {each} |")
+    if len(arms) > 1:
+        lines += [
+            "",
+            f"## Each arm against {arms[0].name}",
+            "",
+            f"The difference of the arms' means (this arm minus {arms[0].name}), with the "
+            "interval of the same resamples: one that excludes 0 is a difference that neither "
+            "the set's sampling nor the spread between runs explains.",
+            "",
+            "| arm | set | " + " | ".join(f"{label} difference" for _, label in PAIRED) + " |",
+            "|---|---|" + "---|" * len(PAIRED),
+        ]
+        for arm in arms[1:]:
+            for name, diff in arm.against_first.items():
+                cells = " | ".join(_signed(diff[key]) for key, _ in PAIRED)
+                lines.append(f"| {arm.name} | {name} | {cells} |")
+    return [*lines, ""]
 
 
 def _signed(interval: Interval) -> str:
