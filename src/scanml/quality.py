@@ -372,12 +372,7 @@ def paired_difference(
         )
         for key, value in difference(index).items():
             samples[key].append(value)
-    intervals = {}
-    for key, value in point.items():
-        values = np.asarray([v for v in samples[key] if not math.isnan(v)])
-        low, high = np.percentile(values, [2.5, 97.5]) if values.size else (math.nan, math.nan)
-        intervals[key] = Interval(float(value), float(low), float(high))
-    return intervals
+    return {key: _percentile_interval(value, samples[key]) for key, value in point.items()}
 
 
 def arm_difference(
@@ -425,18 +420,15 @@ def arm_difference(
         )
         drawn.append(arm_means(index, [rng.integers(0, len(arm), len(arm)) for arm in runs]))
 
-    def interval(value: float, samples: list[float]) -> Interval:
-        finite = np.asarray([v for v in samples if not math.isnan(v)])
-        low, high = np.percentile(finite, [2.5, 97.5]) if finite.size else (math.nan, math.nan)
-        return Interval(float(value), float(low), float(high))
-
     means = [
-        {key: interval(point[a][key], [d[a][key] for d in drawn]) for key, _ in PAIRED}
+        {key: _percentile_interval(point[a][key], [d[a][key] for d in drawn]) for key, _ in PAIRED}
         for a in range(len(runs))
     ]
     differences = [
         {
-            key: interval(point[a][key] - point[0][key], [d[a][key] - d[0][key] for d in drawn])
+            key: _percentile_interval(
+                point[a][key] - point[0][key], [d[a][key] - d[0][key] for d in drawn]
+            )
             for key, _ in PAIRED
         }
         for a in range(1, len(runs))
@@ -844,12 +836,7 @@ def bootstrap_metrics(
         ]
         for key, value in _headline(resample, threshold).items():
             samples[key].append(value)
-    intervals = {}
-    for key, value in point.items():
-        values = np.asarray([v for v in samples[key] if not math.isnan(v)])
-        low, high = np.percentile(values, [2.5, 97.5]) if values.size else (math.nan, math.nan)
-        intervals[key] = Interval(float(value), float(low), float(high))
-    return intervals
+    return {key: _percentile_interval(value, samples[key]) for key, value in point.items()}
 
 
 @dataclass(frozen=True)
@@ -900,6 +887,13 @@ def twin_metrics(
         low, high = np.percentile(shares, [2.5, 97.5])
         metrics[key] = Interval(float(flags.mean()), float(low), float(high))
     return TwinMetrics(len(pairs), metrics)
+
+
+def _percentile_interval(value: float, samples: Sequence[float]) -> Interval:
+    """``value`` with the 95 % percentile interval of its resamples (NaN draws left out)."""
+    finite = np.asarray([v for v in samples if not math.isnan(v)])
+    low, high = np.percentile(finite, [2.5, 97.5]) if finite.size else (math.nan, math.nan)
+    return Interval(float(value), float(low), float(high))
 
 
 def _headline(outcomes: Sequence[ScanOutcome], threshold: float) -> dict[str, float]:
